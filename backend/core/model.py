@@ -1,0 +1,305 @@
+"""Domain value objects: instruments, fills, commission reports, order status events.
+
+Numeric model (stated once, used everywhere)
+--------------------------------------------
+Quantities, prices and money are ``float64``: that is what IB sends (ib_async 2.1.0 decodes
+quantities and prices to ``float``), what ArcticDB stores without conversion, and what pandas
+computes with. Round trips through ArcticDB are bit-exact. Comparisons use
+:data:`QTY_TOLERANCE` for quantities (fractional shares go to 4 decimals at IB, so 1e-9 is far
+below any real lot) and :data:`MONEY_REL_TOLERANCE` (relative) for prices and PnL. A position
+whose absolute quantity is below :data:`QTY_TOLERANCE` after a fill is flat: it is snapped to
+exactly 0.0 so float residue (0.1 + 0.2 - 0.3) never leaves a phantom position.
+
+Unknown numbers are ``NaN``, never 0: a commission that has not arrived is NaN; a reported
+commission of 0.0 is a fact.
+
+Times are timezone-aware UTC ``datetime`` objects. Naive datetimes are refused at this layer:
+the boundary (IB adapter, message parser) must declare their zone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from backend.errors import InvalidExecIdError, InvalidFieldError
+
+QTY_TOLERANCE = 1e-9
+MONEY_REL_TOLERANCE = 1e-9
+
+UNATTRIBUTED = "_unattributed"
+RESIDUAL = "_residual"
+
+NAN = float("nan")
+
+
+def is_flat(qty: float) -> bool:
+    """True when ``qty`` is zero within :data:`QTY_TOLERANCE`."""
+    return abs(qty) < QTY_TOLERANCE
+
+
+def money_close(a: float, b: float, abs_tol: float = 1e-6) -> bool:
+    """Money equality under the numeric model (NaN equals NaN: both unknown)."""
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    return math.isclose(a, b, rel_tol=MONEY_REL_TOLERANCE, abs_tol=abs_tol)
+
+
+def require_utc(field: str, value: object) -> datetime:
+    """Return ``value`` as an aware UTC datetime or raise naming ``field``."""
+    if not isinstance(value, datetime):
+        raise InvalidFieldError(field, value, "must be a datetime")
+    if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
+        raise InvalidFieldError(field, value, "must be timezone-aware (naive times are ambiguous)")
+    return value.astimezone(UTC)
+
+
+def _require_finite(field: str, value: object, *, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidFieldError(field, value, "must be a number")
+    out = float(value)
+    if not math.isfinite(out):
+        raise InvalidFieldError(field, value, "must be finite")
+    if positive and out <= 0:
+        raise InvalidFieldError(field, value, "must be > 0")
+    return out
+
+
+def _require_str(field: str, value: object, *, nonempty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise InvalidFieldError(field, value, "must be a string")
+    if nonempty and not value:
+        raise InvalidFieldError(field, value, "must not be empty")
+    return value
+
+
+class Side(StrEnum):
+    """Direction of an execution. IB's ``BOT``/``SLD`` map to BUY/SELL at the boundary."""
+
+    BUY = "BUY"
+    SELL = "SELL"
+
+    @property
+    def sign(self) -> int:
+        return 1 if self is Side.BUY else -1
+
+    @classmethod
+    def parse(cls, value: object, field: str = "side") -> Side:
+        text = value.upper() if isinstance(value, str) else value
+        if text in ("BUY", "BOT"):
+            return cls.BUY
+        if text in ("SELL", "SLD"):
+            return cls.SELL
+        raise InvalidFieldError(field, value, "must be BUY/BOT or SELL/SLD")
+
+
+def parse_exec_id(exec_id: str) -> tuple[str, int]:
+    """Split an IB execId into (base, revision).
+
+    IB execIds look like ``0000e215.656d0000.01.01``. A correction repeats the execution with
+    the same id up to the last dot and a higher number after it (``.01`` -> ``.02``). The
+    revision is read as hexadecimal, like the rest of the id, so ``.0a`` sorts after ``.09``.
+    An id without a dot is its own base with revision 0 (non-IB producers).
+    """
+    if not isinstance(exec_id, str) or not exec_id:
+        raise InvalidExecIdError(exec_id, "must be a non-empty string")
+    base, dot, tail = exec_id.rpartition(".")
+    if not dot:
+        return exec_id, 0
+    if not base:
+        raise InvalidExecIdError(exec_id, "nothing before the last dot")
+    try:
+        revision = int(tail, 16)
+    except ValueError:
+        # Not a revision suffix: the whole id is the base (some non-IB ids contain dots).
+        return exec_id, 0
+    return base, revision
+
+
+@dataclass(frozen=True, slots=True)
+class Instrument:
+    """What was traded. Identity is ``con_id`` (IB's contract id); the rest is description.
+
+    ``multiplier`` converts price units into money: 1 for stocks, e.g. 50 for ES futures and
+    100 for equity options. ``expiry``/``strike``/``right`` are empty/0 for non-derivatives.
+    """
+
+    con_id: int
+    symbol: str
+    sec_type: str = "STK"
+    currency: str = "USD"
+    multiplier: float = 1.0
+    exchange: str = ""
+    expiry: str = ""
+    strike: float = 0.0
+    right: str = ""
+    local_symbol: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.con_id, bool) or not isinstance(self.con_id, int) or self.con_id <= 0:
+            raise InvalidFieldError("con_id", self.con_id, "must be a positive integer")
+        _require_str("symbol", self.symbol)
+        _require_str("sec_type", self.sec_type, nonempty=True)
+        _require_str("currency", self.currency)
+        _require_finite("multiplier", self.multiplier, positive=True)
+        _require_finite("strike", self.strike)
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    """One execution as journaled. ``qty`` is unsigned (> 0); ``side`` gives the sign."""
+
+    exec_id: str
+    account: str
+    strategy: str
+    instrument: Instrument
+    side: Side
+    qty: float
+    price: float
+    time: datetime
+    order_id: int = 0
+    perm_id: int = 0
+    order_ref: str = ""
+    exchange: str = ""
+    # Derived from exec_id once (hot path); excluded from comparisons.
+    exec_id_base: str = field(init=False, compare=False, repr=False)
+    revision: int = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        base, revision = parse_exec_id(self.exec_id)
+        object.__setattr__(self, "exec_id_base", base)
+        object.__setattr__(self, "revision", revision)
+        _require_str("account", self.account, nonempty=True)
+        _require_str("strategy", self.strategy, nonempty=True)
+        if not isinstance(self.instrument, Instrument):
+            raise InvalidFieldError("instrument", self.instrument, "must be an Instrument")
+        if not isinstance(self.side, Side):
+            raise InvalidFieldError("side", self.side, "must be a Side")
+        _require_finite("qty", self.qty, positive=True)
+        _require_finite("price", self.price, positive=True)
+        object.__setattr__(self, "time", require_utc("time", self.time))
+
+    @property
+    def con_id(self) -> int:
+        return self.instrument.con_id
+
+    @property
+    def signed_qty(self) -> float:
+        return self.side.sign * self.qty
+
+    @property
+    def key(self) -> PositionKey:
+        return PositionKey(self.account, self.strategy, self.instrument.con_id)
+
+    def facts(self) -> tuple[object, ...]:
+        """What the broker says about the execution: equal facts = the same execution.
+
+        Attribution (strategy, order_ref) and descriptive contract fields are left out: a
+        re-delivery through another path (a reconciliation backfill, a replay) may attribute
+        or describe it differently, and is still the same execution.
+        """
+        return (self.exec_id, self.account, self.instrument.con_id, self.side, self.qty,
+                self.price, self.time)
+
+    def sort_key(self) -> tuple[datetime, str]:
+        """Canonical order of the ledger: execution time, then exec_id (ties are rare)."""
+        return (self.time, self.exec_id)
+
+
+@dataclass(frozen=True, slots=True)
+class PositionKey:
+    """A position is per (account, strategy, con_id)."""
+
+    account: str
+    strategy: str
+    con_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class CommissionReport:
+    """IB's commission report for one execId. Every number may be unknown (NaN).
+
+    ``realized_pnl`` is IB's own figure (NaN unless reported); the ledger computes its own
+    gross realized PnL and never mixes the two.
+    """
+
+    exec_id: str
+    commission: float = NAN
+    currency: str = ""
+    realized_pnl: float = NAN
+
+    def __post_init__(self) -> None:
+        parse_exec_id(self.exec_id)
+        for name in ("commission", "realized_pnl"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise InvalidFieldError(name, value, "must be a number (NaN when unknown)")
+            if math.isinf(value):
+                raise InvalidFieldError(name, value, "must be finite or NaN")
+        _require_str("currency", self.currency)
+
+    @property
+    def known(self) -> bool:
+        return not math.isnan(self.commission)
+
+
+class OrderStatus(StrEnum):
+    """IB order states (``OrderStatus`` in ib_async). Unknown texts are kept as given."""
+
+    PENDING_SUBMIT = "PendingSubmit"
+    PENDING_CANCEL = "PendingCancel"
+    PRE_SUBMITTED = "PreSubmitted"
+    SUBMITTED = "Submitted"
+    API_PENDING = "ApiPending"
+    API_CANCELLED = "ApiCancelled"
+    CANCELLED = "Cancelled"
+    FILLED = "Filled"
+    INACTIVE = "Inactive"
+    VALIDATION_ERROR = "ValidationError"
+
+
+@dataclass(frozen=True, slots=True)
+class OrderEvent:
+    """One order status event (``status_change`` message), a row of the ``orders`` library.
+
+    Identity of the order is (account, perm_id) when IB assigned one, else (account, order_id,
+    client_id). ``time`` is when the status was observed.
+    """
+
+    account: str
+    strategy: str
+    order_id: int
+    perm_id: int
+    client_id: int
+    order_ref: str
+    instrument: Instrument
+    side: Side
+    order_type: str
+    total_qty: float
+    filled_qty: float
+    remaining_qty: float
+    avg_fill_price: float
+    lmt_price: float
+    status: str
+    why_held: str
+    time: datetime
+
+    def __post_init__(self) -> None:
+        _require_str("account", self.account, nonempty=True)
+        _require_str("strategy", self.strategy, nonempty=True)
+        _require_str("status", self.status, nonempty=True)
+        for name in ("total_qty", "filled_qty", "remaining_qty"):
+            value = _require_finite(name, getattr(self, name))
+            if value < 0:
+                raise InvalidFieldError(name, value, "must be >= 0")
+        object.__setattr__(self, "time", require_utc("time", self.time))
+
+    @property
+    def order_key(self) -> tuple[str, int, int, int]:
+        return (self.account, self.perm_id, self.order_id, self.client_id)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)

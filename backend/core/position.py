@@ -1,0 +1,114 @@
+"""Position maths: a position is a left fold of its fills in canonical order.
+
+Average-cost method (the one IB, TT and most OMS use for intraday books):
+
+* Increasing the position (same side, or opening from flat): the average is the
+  quantity-weighted average of the old average and the fill price.
+* Reducing it: the average does not move; realized PnL is booked on the closed quantity:
+  ``(exit - avg) * closed_qty * multiplier`` for a long, the negative of that for a short.
+* Crossing zero in one fill: the old side is closed in full (PnL as above on the whole old
+  quantity) and the remainder opens a new position at the fill price. Splitting the fill in two
+  is the only way the average stays inside the price range of the fills that opened the
+  current side (NautilusTrader's flip bugs #933/#963 came from blending across zero).
+* Flat resets the average to NaN: a later reopen starts clean, realized PnL carries on.
+
+Realized PnL is gross: commissions are accumulated next to it, per currency, and never mixed
+in, so the broker's commission report arriving late changes nothing here.
+
+Prices and ``avg_cost`` are in price units; money = price units x quantity x multiplier.
+IB's ``averageCost`` is price x multiplier: the IB adapter divides at the boundary.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from backend.core.model import NAN, Fill, Instrument, PositionKey, is_flat
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """State of one (account, strategy, con_id) after folding its fills."""
+
+    key: PositionKey
+    instrument: Instrument
+    qty: float = 0.0
+    avg_cost: float = NAN
+    realized_pnl: float = 0.0
+    fill_count: int = 0
+    last_exec_id: str = ""
+    # The range of prices of the fills that opened the current side; the average must stay
+    # inside it (a property test checks this).
+    open_price_min: float = NAN
+    open_price_max: float = NAN
+
+    @property
+    def is_flat(self) -> bool:
+        return is_flat(self.qty)
+
+    def unrealized_pnl(self, mark: float) -> float:
+        """``(mark - avg) * qty * multiplier``; 0 when flat, NaN when the mark is unknown."""
+        if self.is_flat:
+            return 0.0
+        if math.isnan(mark):
+            return NAN
+        return (mark - self.avg_cost) * self.qty * self.instrument.multiplier
+
+
+def empty_position(fill: Fill) -> Position:
+    return Position(key=fill.key, instrument=fill.instrument)
+
+
+def apply_fill(position: Position, fill: Fill) -> Position:
+    """Return the position after ``fill``. Pure: ``position`` is not changed."""
+    multiplier = position.instrument.multiplier
+    signed = fill.signed_qty
+    price = fill.price
+    qty = position.qty
+
+    def step(qty: float, avg: float, realized: float, lo: float, hi: float) -> Position:
+        # The latest description of the contract wins (a later fill may carry a fuller one).
+        return Position(key=position.key, instrument=fill.instrument, qty=qty, avg_cost=avg,
+                        realized_pnl=realized, fill_count=position.fill_count + 1,
+                        last_exec_id=fill.exec_id, open_price_min=lo, open_price_max=hi)
+
+    if is_flat(qty):
+        # Opening from flat: the average starts at the fill price.
+        return step(signed, price, position.realized_pnl, price, price)
+
+    if (qty > 0) == (signed > 0):
+        # Increasing: weighted average of old average and new price.
+        new_qty = qty + signed
+        avg = (position.avg_cost * abs(qty) + price * abs(signed)) / abs(new_qty)
+        # Float rounding can push the blended average a hair outside [min, max]; clamp it
+        # back: the exact average of prices inside the range is inside the range.
+        lo = min(position.open_price_min, price)
+        hi = max(position.open_price_max, price)
+        return step(new_qty, min(max(avg, lo), hi), position.realized_pnl, lo, hi)
+
+    # Reducing, closing or flipping: book PnL on the closed quantity at the old average.
+    direction = 1.0 if qty > 0 else -1.0
+    closed = min(abs(signed), abs(qty))
+    realized = position.realized_pnl + (price - position.avg_cost) * closed * multiplier * direction
+    new_qty = qty + signed
+    if is_flat(new_qty):
+        # Closed exactly: flat resets the average.
+        return step(0.0, NAN, realized, NAN, NAN)
+    if (new_qty > 0) == (qty > 0):
+        # Partial reduction: the average does not move.
+        return step(new_qty, position.avg_cost, realized,
+                    position.open_price_min, position.open_price_max)
+    # Flip: the remainder opens the other side at the fill price.
+    return step(new_qty, price, realized, price, price)
+
+
+def fold(fills: list[Fill]) -> Position:
+    """Fold ``fills`` (all of one key) in canonical order from an empty position."""
+    if not fills:
+        raise ValueError("fold needs at least one fill")
+    ordered = sorted(fills, key=Fill.sort_key)
+    position = empty_position(ordered[0])
+    for fill in ordered:
+        position = apply_fill(position, fill)
+    return position

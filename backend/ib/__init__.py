@@ -1,0 +1,1 @@
+"""Broker boundary: ib_async translation, the IB Gateway simulator, the StrategyManager."""

@@ -1,0 +1,1 @@
+"""HTTP read API (not built yet)."""
