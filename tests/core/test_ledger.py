@@ -1,0 +1,207 @@
+"""Ledger rules: duplicates, corrections, commissions, attribution, order independence."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from datetime import timedelta
+
+import pytest
+
+from backend.core.ledger import CommissionOutcome, FillOutcome, Ledger
+from backend.core.model import CommissionReport, PositionKey
+from backend.errors import ConflictingFillError
+
+from .factories import STOCK, fill
+
+
+def test_same_fill_twice_is_a_no_op() -> None:
+    ledger = Ledger()
+    f = fill(1, "BUY", 10, 100)
+    assert ledger.apply_fill(f).outcome is FillOutcome.NEW
+    before = ledger.position(f.key)
+    result = ledger.apply_fill(f)
+    assert result.outcome is FillOutcome.DUPLICATE
+    assert result.affected == ()
+    assert ledger.position(f.key) == before
+    assert len(ledger) == 1
+
+
+def test_same_exec_id_different_content_names_both_versions() -> None:
+    ledger = Ledger()
+    f = fill(1, "BUY", 10, 100)
+    ledger.apply_fill(f)
+    other = dataclasses.replace(f, qty=11)
+    with pytest.raises(ConflictingFillError) as err:
+        ledger.apply_fill(other)
+    assert err.value.exec_id == f.exec_id
+    assert "qty=10" in str(err.value) and "qty=11" in str(err.value)
+    assert ledger.position(f.key).qty == 10  # type: ignore[union-attr]
+
+
+def test_redelivery_with_other_attribution_is_a_duplicate_and_keeps_the_first() -> None:
+    ledger = Ledger()
+    f = fill(1, "BUY", 10, 100)
+    ledger.apply_fill(f)
+    again = dataclasses.replace(f, strategy="_unattributed")
+    assert ledger.apply_fill(again).outcome is FillOutcome.DUPLICATE
+    assert [p.key.strategy for p in ledger.positions()] == ["alpha"]
+
+
+def test_correction_replaces_original_and_equals_correction_alone() -> None:
+    original = fill(1, "BUY", 10, 100, revision=1)
+    corrected = fill(1, "BUY", 12, 99.5, revision=2, seconds=5)
+    later = fill(2, "SELL", 4, 101)
+
+    ledger = Ledger()
+    for f in (original, later, corrected):
+        ledger.apply_fill(f)
+    alone = Ledger()
+    for f in (corrected, later):
+        alone.apply_fill(f)
+
+    assert ledger.position(original.key) == alone.position(original.key)
+    assert len(ledger) == 2
+    pos = ledger.position(original.key)
+    assert pos is not None and pos.qty == 8 and pos.avg_cost == 99.5
+
+
+def test_correction_outcome_and_stale_original_after_correction() -> None:
+    original = fill(1, "BUY", 10, 100, revision=1)
+    corrected = fill(1, "BUY", 12, 99.5, revision=2)
+    ledger = Ledger()
+    ledger.apply_fill(original)
+    result = ledger.apply_fill(corrected)
+    assert result.outcome is FillOutcome.CORRECTION
+    assert result.replaced == original
+    assert ledger.apply_fill(original).outcome is FillOutcome.STALE
+    assert ledger.position(original.key).qty == 12  # type: ignore[union-attr]
+    # and the other way round: the original after its correction changes nothing
+    other = Ledger()
+    other.apply_fill(corrected)
+    assert other.apply_fill(original).outcome is FillOutcome.STALE
+    assert other.position(original.key) == ledger.position(original.key)
+
+
+def test_correction_moving_to_another_strategy_refolds_both() -> None:
+    original = fill(1, "BUY", 10, 100, strategy="a")
+    corrected = fill(1, "BUY", 10, 100, strategy="b", revision=2)
+    ledger = Ledger()
+    ledger.apply_fill(original)
+    result = ledger.apply_fill(corrected)
+    assert set(result.affected) == {original.key, corrected.key}
+    assert ledger.position(original.key) is None
+    assert ledger.position(corrected.key).qty == 10  # type: ignore[union-attr]
+
+
+def test_two_strategies_on_opposite_sides_of_one_con_id_stay_separate() -> None:
+    ledger = Ledger()
+    ledger.apply_fill(fill(1, "BUY", 100, 10, strategy="trend"))
+    ledger.apply_fill(fill(2, "SELL", 60, 11, strategy="meanrev"))
+    trend = ledger.position(PositionKey("DU111", "trend", STOCK.con_id))
+    meanrev = ledger.position(PositionKey("DU111", "meanrev", STOCK.con_id))
+    assert trend is not None and meanrev is not None
+    assert (trend.qty, trend.avg_cost, trend.realized_pnl) == (100, 10, 0)
+    assert (meanrev.qty, meanrev.avg_cost, meanrev.realized_pnl) == (-60, 11, 0)
+
+
+def test_commission_before_after_never_and_unknown_is_not_zero() -> None:
+    ledger = Ledger()
+    f1, f2, f3 = fill(1, "BUY", 10, 100), fill(2, "BUY", 10, 100), fill(3, "BUY", 10, 100)
+    # before its fill
+    assert ledger.apply_commission(CommissionReport(f1.exec_id, 1.0, "USD")) is \
+        CommissionOutcome.NEW
+    for f in (f1, f2, f3):
+        ledger.apply_fill(f)
+    totals = ledger.commissions(f1.key)
+    assert totals.by_currency == (("USD", 1.0),) and totals.pending == 2
+    # after its fill; 0.0 is a real, known commission
+    ledger.apply_commission(CommissionReport(f2.exec_id, 0.0, "USD"))
+    totals = ledger.commissions(f1.key)
+    assert totals.total == 1.0 and totals.pending == 1  # f3: never arrived, not counted as 0
+    # an empty report never erases a known one
+    assert ledger.apply_commission(CommissionReport(f2.exec_id)) is CommissionOutcome.IGNORED
+    assert ledger.apply_commission(CommissionReport(f2.exec_id, 0.0, "USD")) is \
+        CommissionOutcome.DUPLICATE
+    assert ledger.commissions(f1.key).pending == 1
+
+
+def test_commission_totals_unknown_when_nothing_known() -> None:
+    ledger = Ledger()
+    f = fill(1, "BUY", 1, 1)
+    ledger.apply_fill(f)
+    totals = ledger.commissions(f.key)
+    assert math.isnan(totals.total) and totals.pending == 1
+
+
+def test_commission_of_corrected_fill_follows_the_correction() -> None:
+    original = fill(1, "BUY", 10, 100, revision=1)
+    corrected = fill(1, "BUY", 10, 100.5, revision=2)
+    ledger = Ledger()
+    ledger.apply_fill(original)
+    ledger.apply_commission(CommissionReport(original.exec_id, 1.0, "USD"))
+    ledger.apply_fill(corrected)
+    assert ledger.commissions(original.key).by_currency == (("USD", 0.0),)
+    assert ledger.commissions(original.key).pending == 1
+    ledger.apply_commission(CommissionReport(corrected.exec_id, 1.25, "USD"))
+    assert ledger.commissions(original.key).total == 1.25
+    assert ledger.commissions(original.key).pending == 0
+
+
+def test_commissions_in_several_currencies_are_kept_apart() -> None:
+    ledger = Ledger()
+    f1, f2 = fill(1, "BUY", 1, 1), fill(2, "BUY", 1, 1)
+    ledger.apply_fill(f1)
+    ledger.apply_fill(f2)
+    ledger.apply_commission(CommissionReport(f1.exec_id, 1.0, "USD"))
+    ledger.apply_commission(CommissionReport(f2.exec_id, 2.0, "EUR"))
+    totals = ledger.commissions(f1.key)
+    assert totals.by_currency == (("EUR", 2.0), ("USD", 1.0))
+    assert math.isnan(totals.total) and totals.currency == "EUR,USD"
+
+
+def test_out_of_order_delivery_refolds() -> None:
+    fills = [fill(1, "BUY", 100, 10), fill(2, "SELL", 150, 12), fill(3, "BUY", 50, 11)]
+    in_order, reversed_ = Ledger(), Ledger()
+    for f in fills:
+        in_order.apply_fill(f)
+    for f in reversed(fills):
+        reversed_.apply_fill(f)
+    key = fills[0].key
+    assert in_order.position(key) == reversed_.position(key)
+    assert in_order.position(key).qty == 0  # type: ignore[union-attr]
+
+
+def test_equal_times_order_by_exec_id() -> None:
+    a = fill(1, "BUY", 10, 10, seconds=0)
+    b = fill(2, "SELL", 20, 12, seconds=0)
+    x, y = Ledger(), Ledger()
+    x.apply_fill(a)
+    x.apply_fill(b)
+    y.apply_fill(b)
+    y.apply_fill(a)
+    assert x.position(a.key) == y.position(a.key)
+
+
+def test_marks_newest_observation_wins_regardless_of_delivery() -> None:
+    ledger = Ledger()
+    late = fill(2, "BUY", 1, 11)
+    early = fill(1, "BUY", 1, 10)
+    ledger.apply_fill(late)
+    ledger.apply_fill(early)
+    assert ledger.mark(STOCK.con_id) == 11
+    ledger.set_mark(STOCK.con_id, 12.5, late.time + timedelta(seconds=1))
+    assert ledger.mark(STOCK.con_id) == 12.5
+    ledger.set_mark(STOCK.con_id, 9.0, early.time)
+    assert ledger.mark(STOCK.con_id) == 12.5
+    assert math.isnan(ledger.mark(1))
+
+
+def test_knows_exec_id_and_revisions() -> None:
+    ledger = Ledger()
+    f = fill(1, "BUY", 1, 1, revision=2)
+    ledger.apply_fill(f)
+    assert ledger.knows("DU111", f.exec_id)
+    assert ledger.knows("DU111", f.exec_id[:-2] + "01")
+    assert not ledger.knows("DU111", f.exec_id[:-2] + "03")
+    assert not ledger.knows("DU222", f.exec_id)
