@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import sys
 from collections.abc import Sequence
 
 # name -> (module under backend.cli, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("replay", "replay a JSON fill stream through the ledger and print positions"),
+    "demo": ("demo", "run toy strategies on the IB simulator into an embedded ArcticDB store"),
 }
 
 
@@ -41,7 +41,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = importlib.import_module(f"backend.cli.{args._module}")
     result: int = module.run(args)
     return result
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
