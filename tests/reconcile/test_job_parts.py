@@ -1,0 +1,200 @@
+"""Parts of a reconciliation run that need no gateway: the executions window, the choice of
+what to backfill, outcomes, and the runner's periodic task (quiet window, no overlap)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from ib_async import CommissionReport as IBCommissionReport
+from ib_async import Contract, Execution, Order, OrderStatus, Trade
+from ib_async import Fill as IBFill
+
+from backend.core.broker import BrokerExecution
+from backend.core.model import CommissionReport, Fill, Instrument, Side
+from backend.errors import InvalidFieldError, InvalidInputError, StorageError
+from backend.reconcile.job import (
+    Outcome,
+    RunReport,
+    executions_window_start,
+    failed_run,
+    select_backfill,
+)
+from backend.reconcile.periodic import ActivityWindow, PeriodicReconciler, Skip
+from backend.storage import open_store
+from backend.storage.schema import RECONCILIATION
+
+ACCT = "DU111"
+AAPL = Instrument(con_id=265598, symbol="AAPL")
+T0 = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
+
+
+def test_exit_codes() -> None:
+    assert [o.exit_code for o in Outcome] == [0, 1, 2]
+
+
+def test_executions_window_is_the_gateways_midnight() -> None:
+    # November: New York is UTC-5; 04:08 UTC on the 22nd is still the 21st there.
+    assert executions_window_start(datetime(2026, 11, 22, 4, 8, tzinfo=UTC)) == datetime(
+        2026, 11, 21, 5, 0, tzinfo=UTC)
+    # July (daylight saving): UTC-4.
+    assert executions_window_start(datetime(2026, 7, 1, 12, 0, tzinfo=UTC)) == datetime(
+        2026, 7, 1, 4, 0, tzinfo=UTC)
+    assert executions_window_start(T0, "Europe/Zurich") == datetime(2026, 11, 19, 23, 0,
+                                                                    tzinfo=UTC)
+    with pytest.raises(InvalidInputError, match="Mars/Olympus"):
+        executions_window_start(T0, "Mars/Olympus")
+
+
+def execution(n: int, commission: float | None, account: str = ACCT) -> BrokerExecution:
+    fill = Fill(exec_id=f"0000e215.{n:08x}.01.01", account=account, strategy="trend",
+                instrument=AAPL, side=Side.BUY, qty=1.0, price=150.0,
+                time=T0 + timedelta(seconds=n))
+    report = None if commission is None else CommissionReport(fill.exec_id, commission, "USD")
+    return BrokerExecution(fill=fill, commission=report)
+
+
+def test_select_backfill_sends_only_what_the_journal_lacks() -> None:
+    executions = [execution(1, 1.0), execution(2, 1.0), execution(3, 1.0), execution(4, None),
+                  execution(1, 1.0),  # a duplicated execDetails: counted once
+                  execution(5, 1.0, account="DU999")]  # an account not reconciled here
+    journaled = {ACCT: {executions[0].fill.exec_id: True,  # known with its commission
+                        executions[1].fill.exec_id: False}}  # known, commission missing
+    feed, counts = select_backfill(executions, [ACCT], journaled)
+    assert [ex.fill.exec_id for ex in feed] == [executions[i].fill.exec_id for i in (1, 2, 3)]
+    assert counts == {ACCT: {"fetched": 4, "new": 2, "fed": 3}}
+    # Once everything is journaled with commissions, nothing is sent again.
+    journaled = {ACCT: {ex.fill.exec_id: True for ex in executions}}
+    assert select_backfill(executions, [ACCT], journaled)[0] == []
+
+
+@pytest.mark.asyncio
+async def test_failed_run_records_only_a_failed_report_row() -> None:
+    store = open_store("memory://")
+    report = await failed_run(store, TimeoutError("no answer"), accounts=[ACCT, "DU222"])
+    assert report.outcome is Outcome.FAILED
+    assert report.exit_code == 2
+    assert report.error == "TimeoutError: no answer"
+    assert report.report_persisted
+    rows = store.read(RECONCILIATION, ACCT)
+    assert rows["outcome"].tolist() == ["failed"]
+    assert store.list_symbols("portfolio") == []
+    # Without known accounts there is nothing to record it under, and that is said.
+    assert not (await failed_run(store, TimeoutError("x"))).report_persisted
+
+
+# ------------------------------------------------------------------------- periodic task
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def ib_trade(status: str, order_id: int, account: str = ACCT, perm_id: int = 0) -> Trade:
+    return Trade(contract=Contract(conId=AAPL.con_id, symbol="AAPL", secType="STK"),
+                 order=Order(orderId=order_id, permId=perm_id, clientId=1, account=account,
+                             action="BUY", totalQuantity=10),
+                 orderStatus=OrderStatus(orderId=order_id, status=status))
+
+
+def test_activity_window_from_strategy_manager_messages() -> None:
+    clock = Clock()
+    window = ActivityWindow(quiet_seconds=5.0, clock=clock)
+    trade = ib_trade("Submitted", 7, perm_id=900)
+    window({"type": "status_change", "strategy": "trend", "trade": trade, "status": "Submitted"})
+    assert window.busy([ACCT]) == {(ACCT, AAPL.con_id)}
+    window({"type": "status_change", "strategy": "trend", "trade": trade, "status": "Filled"})
+    assert window.busy([ACCT]) == frozenset()
+
+    fill = IBFill(contract=Contract(conId=272093), execution=Execution(
+        execId="0000e215.1.01.01", acctNumber="DU222"), commissionReport=IBCommissionReport(),
+        time=T0)
+    window({"type": "fill", "strategy": "trend", "trade": trade, "fill": fill})
+    assert window.busy([ACCT, "DU222"]) == {("DU222", 272093)}
+    clock.now += 5.0  # the quiet window has passed
+    assert window.busy([ACCT, "DU222"]) == frozenset()
+
+    # An order without an account (single-account gateways) is busy in every account.
+    window({"type": "status_change", "trade": ib_trade("PreSubmitted", 8, account=""),
+            "status": "PreSubmitted"})
+    assert window.busy([ACCT, "DU222"]) == {(ACCT, AAPL.con_id), ("DU222", AAPL.con_id)}
+    window({"type": "unknown"})  # unreadable messages are ignored
+    with pytest.raises(InvalidFieldError, match="quiet_seconds"):
+        ActivityWindow(quiet_seconds=-1)
+
+
+def report(n: int) -> RunReport:
+    return RunReport(run_id=f"r{n}", started_at=T0, finished_at=T0, gateway="", accounts=(),
+                     outcome=Outcome.CLEAN, portfolio_written=False, report_persisted=False)
+
+
+async def wait_for(condition: Callable[[], bool], within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.001)
+
+
+@pytest.mark.asyncio
+async def test_periodic_never_overlaps_and_passes_the_quiet_keys() -> None:
+    release = asyncio.Event()
+    seen: list[Skip] = []
+
+    async def run(skip: Skip) -> RunReport:
+        seen.append(skip)
+        await release.wait()
+        return report(len(seen))
+
+    clock = Clock()
+    window = ActivityWindow(quiet_seconds=5.0, clock=clock)
+    window.note_fill(ACCT, AAPL.con_id)
+    reports: list[RunReport] = []
+    periodic = PeriodicReconciler(run, interval=60, activity=window, accounts=lambda: [ACCT],
+                                  on_report=reports.append)
+    first = asyncio.create_task(periodic.tick())
+    await wait_for(lambda: len(seen) == 1)
+    assert await periodic.tick() is None  # still running: skipped, not queued
+    assert periodic.overlaps_skipped == 1
+    release.set()
+    done = await first
+    assert done is not None
+    assert done.run_id == "r1"
+    assert seen == [frozenset({(ACCT, AAPL.con_id)})]
+    assert reports == [done]
+    assert periodic.runs == 1
+
+
+@pytest.mark.asyncio
+async def test_run_forever_keeps_going_after_a_storage_error() -> None:
+    calls = 0
+    running = 0
+    most = 0
+
+    async def run(skip: Skip) -> RunReport:
+        nonlocal calls, running, most
+        calls += 1
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.005)
+        running -= 1
+        if calls == 2:
+            raise StorageError("lmdb full")
+        return report(calls)
+
+    periodic = PeriodicReconciler(run, interval=0.001)
+    task = asyncio.create_task(periodic.run_forever())
+    await wait_for(lambda: periodic.runs >= 3)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert most == 1
+    assert calls >= 4  # the failed call did not count as a run, nor stop the loop
+    with pytest.raises(InvalidFieldError, match="interval"):
+        PeriodicReconciler(run, interval=0)

@@ -1,0 +1,425 @@
+"""The pure reconciliation compare (backend.core.reconcile): no I/O, real domain objects."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from ib_async import Contract
+from ib_async import Position as IBPosition
+
+from backend.core.broker import BrokerPosition
+from backend.core.model import RESIDUAL, UNATTRIBUTED, Fill, Instrument, PositionKey, Side
+from backend.core.position import fold
+from backend.core.reconcile import (
+    FLEX_HINT,
+    Break,
+    BreakDetail,
+    BreakKind,
+    StrategyHolding,
+    Tolerances,
+    con_ids_needing_quote,
+    gap_break,
+    price_rows,
+    quote_requests,
+    reconcile,
+)
+from backend.errors import InvalidFieldError
+from backend.ib.translate import broker_position
+
+ACCT = "DU111"
+ACCT2 = "DU222"
+AAPL = Instrument(con_id=265598, symbol="AAPL")
+MSFT = Instrument(con_id=272093, symbol="MSFT")
+ES = Instrument(con_id=495512563, symbol="ES", sec_type="FUT", multiplier=50.0,
+                expiry="20261218")
+OPT = Instrument(con_id=700000001, symbol="AAPL", sec_type="OPT", multiplier=100.0,
+                 expiry="20261218", strike=200.0, right="C")
+T0 = datetime(2026, 11, 20, 14, 30, tzinfo=UTC)
+
+
+def hold(strategy: str, inst: Instrument, qty: float, avg: float = math.nan,
+         realized: float = 0.0, account: str = ACCT) -> StrategyHolding:
+    return StrategyHolding(account=account, strategy=strategy, instrument=inst, qty=qty,
+                           avg_cost=avg, realized_pnl=realized)
+
+
+def broker(inst: Instrument, qty: float, avg: float = math.nan, account: str = ACCT,
+           market_price: float = math.nan) -> BrokerPosition:
+    return BrokerPosition(account=account, instrument=inst, qty=qty, avg_cost=avg,
+                          market_price=market_price)
+
+
+def fill(n: int, strategy: str, inst: Instrument, side: Side, qty: float, price: float,
+         account: str = ACCT) -> Fill:
+    return Fill(exec_id=f"0000e215.{n:08x}.01.01", account=account, strategy=strategy,
+                instrument=inst, side=side, qty=qty, price=price,
+                time=T0 + timedelta(seconds=n))
+
+
+def kinds(breaks: Iterable[Break]) -> list[BreakKind]:
+    return [b.kind for b in breaks]
+
+
+# ---------------------------------------------------------------------------- opposite sides
+
+
+def test_opposite_sides_net_and_reconcile_clean() -> None:
+    rows = [hold("alpha", AAPL, 100, 10.0, realized=5.0), hold("beta", AAPL, -40, 12.0)]
+    result = reconcile(rows, [broker(AAPL, 60, 10.0)])
+    (entry,) = result.entries
+    assert result.clean
+    assert entry.strategy_qty == 60
+    assert entry.residual is None
+    # The net is long: only the long row determines the blended average.
+    assert entry.blended_avg_cost == 10.0
+    assert entry.strategy_rows == tuple(rows)
+    assert entry.strategy_rows[0] is rows[0]
+
+
+def test_opposite_sides_net_short() -> None:
+    rows = [hold("alpha", AAPL, 30, 10.0), hold("beta", AAPL, -100, 12.0),
+            hold("gamma", AAPL, -20, 13.0)]
+    result = reconcile(rows, [broker(AAPL, -90, 12.2)])
+    (entry,) = result.entries
+    assert entry.strategy_qty == -90
+    assert entry.blended_avg_cost == pytest.approx((100 * 12.0 + 20 * 13.0) / 120)
+    (brk,) = result.breaks  # 12.2 vs 12.1667: drift beyond the default relative tolerance
+    assert brk.kind is BreakKind.AVG_COST_DRIFT
+    assert brk.detail is BreakDetail.NETTED
+    assert brk.netted
+    # Netted keys can be exempted: IB's average is path dependent there.
+    relaxed = reconcile(rows, [broker(AAPL, -90, 12.2)],
+                        Tolerances(check_netted_avg_cost=False))
+    assert relaxed.clean
+
+
+def test_blended_average_matches_an_account_level_fold() -> None:
+    """The definition against IB's own rule: fold all fills of the account as one position."""
+    fills = [
+        fill(1, "alpha", AAPL, Side.BUY, 100, 10.0),
+        fill(2, "alpha", AAPL, Side.BUY, 50, 11.5),
+        fill(3, "beta", AAPL, Side.SELL, 40, 12.0),  # reduces the account: average unchanged
+        fill(4, "beta", AAPL, Side.SELL, 10, 12.5),
+    ]
+    per_strategy = [fold([f for f in fills if f.strategy == s]) for s in ("alpha", "beta")]
+    account_fills = [Fill(exec_id=f.exec_id, account=f.account, strategy="account",
+                          instrument=f.instrument, side=f.side, qty=f.qty, price=f.price,
+                          time=f.time) for f in fills]
+    ib_view = fold(account_fills)
+    result = reconcile(per_strategy, [broker(AAPL, ib_view.qty, ib_view.avg_cost)])
+    assert ib_view.qty == 100
+    assert result.entries[0].blended_avg_cost == pytest.approx(ib_view.avg_cost)
+    assert result.clean
+
+
+def test_qty_mismatch_on_opposite_side() -> None:
+    result = reconcile([hold("alpha", AAPL, 50, 10.0)], [broker(AAPL, -50, 10.0)])
+    (brk,) = result.breaks
+    assert brk.kind is BreakKind.QTY_MISMATCH
+    assert brk.detail is BreakDetail.OPPOSITE_SIDE
+    assert result.residuals[0].qty == -100
+
+
+def test_offsetting_strategies_with_ib_flat_are_clean() -> None:
+    rows = [hold("alpha", AAPL, 100, 10.0), hold("beta", AAPL, -100, 11.0)]
+    result = reconcile(rows, [])
+    assert result.clean
+    assert result.rows == tuple(rows)
+
+
+# ---------------------------------------------------------------------------- residual rounding
+
+
+def test_float_dust_never_becomes_a_residual_row() -> None:
+    rows = [hold("a", AAPL, 0.1, 10.0), hold("b", AAPL, 0.2, 10.0)]
+    for broker_qty in (0.3, 0.3 + 1e-12, 0.3 - 1e-12):
+        result = reconcile(rows, [broker(AAPL, broker_qty, 10.0)])
+        assert result.clean, broker_qty
+        assert result.residuals == ()
+        assert abs(result.entries[0].residual_qty) < 1e-9  # kept exactly, just not a row
+
+
+def test_fractional_share_residual_is_a_row() -> None:
+    result = reconcile([hold("a", AAPL, 10.25, 10.0)], [broker(AAPL, 10.5, 10.0)])
+    (residual,) = result.residuals
+    assert residual.strategy == RESIDUAL
+    assert residual.qty == pytest.approx(0.25)
+    assert math.isnan(residual.avg_cost)  # part of a position: its own cost is unknown
+    assert math.isnan(residual.realized_pnl)
+    assert kinds(result.breaks) == [BreakKind.QTY_MISMATCH]
+
+
+def test_tolerance_per_sec_type() -> None:
+    coin = Instrument(con_id=479624278, symbol="BTC", sec_type="CRYPTO")
+    tol = Tolerances(qty_by_sec_type={"CRYPTO": 1e-4})
+    ok = reconcile([hold("a", coin, 0.5, 90000.0)], [broker(coin, 0.50005, 90000.0)], tol)
+    assert ok.clean
+    off = reconcile([hold("a", coin, 0.5, 90000.0)], [broker(coin, 0.5002, 90000.0)], tol)
+    assert kinds(off.breaks) == [BreakKind.QTY_MISMATCH]
+    # Stocks keep the default (1e-6): the same 5e-5 difference is a break there.
+    stk = reconcile([hold("a", AAPL, 0.5, 10.0)], [broker(AAPL, 0.50005, 10.0)], tol)
+    assert kinds(stk.breaks) == [BreakKind.QTY_MISMATCH]
+
+
+def test_tolerances_refuse_negative_and_floor_at_model_tolerance() -> None:
+    with pytest.raises(InvalidFieldError, match="qty_default"):
+        Tolerances(qty_default=-1.0)
+    with pytest.raises(InvalidFieldError, match="avg_cost_rel"):
+        Tolerances(avg_cost_rel=math.nan)
+    assert Tolerances(qty_default=0.0).qty_default == 1e-9
+
+
+# ---------------------------------------------------------------------------- broker / arctic only
+
+
+def test_broker_only() -> None:
+    result = reconcile([], [broker(MSFT, 25, 400.0, market_price=410.0)])
+    (entry,) = result.entries
+    (brk,) = entry.breaks
+    assert brk.kind is BreakKind.BROKER_ONLY
+    assert entry.residual is not None
+    assert entry.residual.qty == 25
+    assert entry.residual.avg_cost == 400.0  # the whole broker position: its cost is IB's
+    assert con_ids_needing_quote(result) == ()  # IB prices what it holds
+    (priced,) = price_rows(result)
+    assert priced.unrealized_pnl == pytest.approx(250.0)
+    assert priced.mark_source == "broker"
+
+
+def test_broker_only_next_to_a_flat_strategy_row() -> None:
+    flat = hold("alpha", MSFT, 0.0, realized=12.5)
+    result = reconcile([flat], [broker(MSFT, 10, 400.0)])
+    assert kinds(result.breaks) == [BreakKind.BROKER_ONLY]
+    assert result.rows[0] is flat
+
+
+@pytest.mark.parametrize("ib_row", [True, False], ids=["zero-row", "absent"])
+def test_arctic_only(ib_row: bool) -> None:
+    rows = [hold("alpha", AAPL, 100, 10.0, realized=42.0), hold("beta", AAPL, 20, 11.0)]
+    brokers = [broker(AAPL, 0.0)] if ib_row else []
+    result = reconcile(rows, brokers)
+    (entry,) = result.entries
+    (brk,) = entry.breaks
+    assert brk.kind is BreakKind.ARCTIC_ONLY
+    assert brk.detail is BreakDetail.BROKER_ALREADY_FLAT
+    assert brk.broker_present is ib_row
+    assert entry.residual is not None
+    assert entry.residual.qty == -120
+    assert entry.strategy_rows[0].realized_pnl == 42.0  # as journaled, untouched
+    # No exit price is invented: without a quote the PnL is unknown, and says so.
+    assert quote_requests(result) == (AAPL,)
+    unpriced = price_rows(result)
+    assert [p.no_quote for p in unpriced] == [True, True, True]
+    assert all(math.isnan(p.unrealized_pnl) for p in unpriced)
+    priced = price_rows(result, {AAPL.con_id: 12.0})
+    assert [p.unrealized_pnl for p in priced[:2]] == [200.0, 20.0]
+    assert all(not p.no_quote and p.mark_source == "quote" for p in priced)
+    assert math.isnan(priced[2].unrealized_pnl)  # the residual has no average of its own
+
+
+def test_nan_quote_is_no_quote() -> None:
+    result = reconcile([hold("alpha", AAPL, 5, 10.0)], [])
+    (p, _residual) = price_rows(result, {AAPL.con_id: math.nan})
+    assert p.no_quote
+    assert math.isnan(p.mark_price)
+
+
+# ---------------------------------------------------------------------------- multipliers
+
+
+def test_avg_cost_with_multipliers_from_ib_average_cost() -> None:
+    """IB's averageCost is price x multiplier; the adapter divides before BrokerPosition."""
+    es_fills = [fill(1, "trend", ES, Side.BUY, 2, 5000.0), fill(2, "trend", ES, Side.BUY, 1,
+                                                                5030.0)]
+    opt_fills = [fill(3, "vol", OPT, Side.SELL, 5, 3.2)]
+    positions = [fold(es_fills), fold(opt_fills)]
+
+    def ib_position(inst: Instrument, qty: float, average_cost: float) -> IBPosition:
+        contract = Contract(conId=inst.con_id, symbol=inst.symbol, secType=inst.sec_type,
+                            multiplier=f"{inst.multiplier:g}", currency="USD",
+                            lastTradeDateOrContractMonth=inst.expiry, strike=inst.strike,
+                            right=inst.right)
+        return IBPosition(account=ACCT, contract=contract, position=qty, avgCost=average_cost)
+
+    es_ib_cost = 5010.0 * 50  # what IB sends for 3 ES at a 5010 average: 250500
+    opt_ib_cost = 3.2 * 100
+    converted = [broker_position(ib_position(ES, 3, es_ib_cost)),
+                 broker_position(ib_position(OPT, -5, opt_ib_cost))]
+    assert converted[0].avg_cost == pytest.approx(5010.0)
+    assert converted[1].avg_cost == pytest.approx(3.2)
+    assert reconcile(positions, converted).clean
+
+    # Feeding IB's raw figure (no division) is exactly the drift the check must catch.
+    raw = [BrokerPosition(account=ACCT, instrument=ES, qty=3, avg_cost=es_ib_cost),
+           BrokerPosition(account=ACCT, instrument=OPT, qty=-5, avg_cost=opt_ib_cost)]
+    drift = reconcile(positions, raw)
+    assert kinds(drift.breaks) == [BreakKind.AVG_COST_DRIFT] * 2
+    assert drift.breaks[0].blended_avg_cost == pytest.approx(5010.0)
+
+    # Unrealized PnL is in money: (mark - avg) x qty x multiplier.
+    priced = price_rows(reconcile(positions, converted), {ES.con_id: 5020.0, OPT.con_id: 3.0})
+    assert [p.unrealized_pnl for p in priced] == pytest.approx([10 * 3 * 50, 0.2 * 5 * 100])
+
+
+def test_avg_cost_within_tolerance_is_clean() -> None:
+    result = reconcile([hold("a", ES, 2, 5000.0)], [broker(ES, 2, 5000.0 * (1 + 5e-5))])
+    assert result.clean
+
+
+# ---------------------------------------------------------------------------- zero-qty rows
+
+
+def test_zero_qty_broker_rows() -> None:
+    flat = hold("alpha", MSFT, 0.0, realized=-3.0)
+    result = reconcile([flat], [broker(MSFT, 0.0), broker(AAPL, 0.0)])
+    assert result.clean
+    assert [e.con_id for e in result.entries] == sorted([MSFT.con_id, AAPL.con_id])
+    assert result.rows == (flat,)
+    assert con_ids_needing_quote(result) == ()
+    assert all(p.unrealized_pnl == 0.0 and not p.no_quote for p in price_rows(result))
+
+
+# ---------------------------------------------------------------------------- accounts
+
+
+def test_several_accounts_are_independent() -> None:
+    rows = [hold("alpha", AAPL, 100, 10.0), hold("alpha", AAPL, 50, 10.0, account=ACCT2)]
+    brokers = [broker(AAPL, 100, 10.0), broker(AAPL, 80, 10.0, account=ACCT2),
+               broker(MSFT, 5, 400.0, account=ACCT2)]
+    result = reconcile(rows, brokers)
+    assert result.accounts == (ACCT, ACCT2)
+    assert result.for_account(ACCT).clean
+    second = result.for_account(ACCT2)
+    assert sorted(kinds(second.breaks)) == [BreakKind.BROKER_ONLY, BreakKind.QTY_MISMATCH]
+    assert {r.account for r in second.rows} == {ACCT2}
+    assert sorted(r.qty for r in second.residuals) == [5, 30]
+
+
+# ---------------------------------------------------------------------------- unattributed
+
+
+def test_unattributed_open_row_is_a_break_and_counts_toward_the_sum() -> None:
+    rows = [hold("alpha", AAPL, 60, 10.0), hold(UNATTRIBUTED, AAPL, 40, 10.0),
+            hold(UNATTRIBUTED, MSFT, 0.0, realized=7.0)]
+    result = reconcile(rows, [broker(AAPL, 100, 10.0)])
+    (brk,) = result.breaks
+    assert brk.kind is BreakKind.UNATTRIBUTED
+    assert brk.strategy == UNATTRIBUTED
+    assert result.residuals == ()  # the unattributed fills are real: no double count
+
+
+def test_custom_unattributed_name() -> None:
+    result = reconcile([hold("orphans", AAPL, 1, 10.0)], [broker(AAPL, 1, 10.0)],
+                       unattributed_strategy="orphans")
+    assert kinds(result.breaks) == [BreakKind.UNATTRIBUTED]
+
+
+# ---------------------------------------------------------------------------- input checks
+
+
+def test_positions_are_accepted_as_input() -> None:
+    pos = fold([fill(1, "alpha", AAPL, Side.BUY, 10, 10.0)])
+    assert pos.key == PositionKey(ACCT, "alpha", AAPL.con_id)
+    result = reconcile([pos], [broker(AAPL, 10, 10.0)])
+    assert result.clean
+    assert result.rows == (StrategyHolding.from_position(pos),)
+
+
+def test_refuses_reserved_and_duplicate_rows() -> None:
+    with pytest.raises(InvalidFieldError, match="strategy='_residual'"):
+        reconcile([hold(RESIDUAL, AAPL, 1, 10.0)], [])
+    with pytest.raises(InvalidFieldError, match="duplicate holding"):
+        reconcile([hold("a", AAPL, 1, 10.0), hold("a", AAPL, 2, 10.0)], [])
+    with pytest.raises(InvalidFieldError, match="duplicate"):
+        reconcile([], [broker(AAPL, 1, 10.0), broker(AAPL, 2, 10.0)])
+    with pytest.raises(InvalidFieldError, match="qty"):
+        hold("a", AAPL, math.inf)
+    with pytest.raises(InvalidFieldError, match=r"broker_positions\.qty"):
+        reconcile([], [broker(AAPL, math.nan, 10.0)])
+
+
+# ---------------------------------------------------------------------------- report + gaps
+
+
+def test_to_dict_is_strict_json() -> None:
+    result = reconcile([hold("alpha", AAPL, 100, 10.0), hold("beta", MSFT, 3, 400.0)],
+                       [broker(AAPL, 90, 10.0), broker(ES, 1, 5000.0)])
+    gap = gap_break(ACCT, T0 - timedelta(days=2), T0)
+    assert gap is not None
+    result = result.with_breaks(gap)
+    text = json.dumps(result.to_dict(), allow_nan=False)
+    back = json.loads(text)
+    assert back["clean"] is False
+    assert back["break_counts"] == {"HISTORY_GAP": 1, "QTY_MISMATCH": 1, "ARCTIC_ONLY": 1,
+                                    "BROKER_ONLY": 1}
+    assert [e["con_id"] for e in back["entries"]] == sorted([AAPL.con_id, MSFT.con_id,
+                                                            ES.con_id])
+    assert back["entries"][0]["residual_qty"] == -10
+
+
+def test_gap_break() -> None:
+    window = datetime(2026, 11, 20, 5, 0, tzinfo=UTC)  # the gateway's midnight in UTC
+    brk = gap_break(ACCT, window - timedelta(hours=9), window)
+    assert brk is not None
+    assert brk.kind is BreakKind.HISTORY_GAP
+    assert brk.hint == FLEX_HINT
+    assert "Flex" in brk.hint
+    assert gap_break(ACCT, window + timedelta(minutes=1), window) is None
+    assert gap_break(ACCT, window, window) is None
+    assert gap_break(ACCT, None, window) is None
+    with pytest.raises(InvalidFieldError, match="covered_until"):
+        gap_break(ACCT, datetime(2026, 11, 19), window)  # naive on purpose
+
+
+# ---------------------------------------------------------------------------- property
+
+INSTRUMENTS = [AAPL, MSFT, ES, OPT]
+qty_st = st.one_of(st.integers(-500, 500).map(float),
+                   st.floats(-500, 500, allow_nan=False).map(lambda x: round(x, 4)))
+holding_st = st.tuples(st.sampled_from([ACCT, ACCT2]), st.sampled_from(["a", "b", "c",
+                                                                         UNATTRIBUTED]),
+                       st.sampled_from(INSTRUMENTS), qty_st,
+                       st.floats(1, 1000, allow_nan=False))
+broker_st = st.tuples(st.sampled_from([ACCT, ACCT2]), st.sampled_from(INSTRUMENTS), qty_st,
+                      st.one_of(st.just(math.nan), st.floats(1, 1000, allow_nan=False)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(holdings=st.lists(holding_st, max_size=30), brokers=st.lists(broker_st, max_size=10))
+def test_property_sum_plus_residual_is_broker(
+    holdings: list[tuple[str, str, Instrument, float, float]],
+    brokers: list[tuple[str, Instrument, float, float]],
+) -> None:
+    rows: dict[tuple[str, str, int], StrategyHolding] = {}
+    for account, strategy, inst, qty, avg in holdings:
+        rows[(account, strategy, inst.con_id)] = hold(strategy, inst, qty,
+                                                      avg if qty else math.nan, account=account)
+    bps: dict[tuple[str, int], BrokerPosition] = {}
+    for account, inst, qty, avg in brokers:
+        bps[(account, inst.con_id)] = broker(inst, qty, avg, account=account)
+    tol = Tolerances()
+    result = reconcile(list(rows.values()), list(bps.values()), tol)
+
+    out_rows = [r for r in result.rows if r.strategy != RESIDUAL]
+    # Passed through unchanged: the very same objects, each once.
+    assert len(out_rows) == len(rows)
+    assert {id(r) for r in out_rows} == {id(r) for r in rows.values()}
+    seen = set()
+    for e in result.entries:
+        seen.add((e.account, e.con_id))
+        broker_qty = bps[(e.account, e.con_id)].qty if (e.account, e.con_id) in bps else 0.0
+        residual = e.residual.qty if e.residual is not None else 0.0
+        total = math.fsum(r.qty for r in e.strategy_rows) + residual
+        assert abs(total - broker_qty) <= tol.qty_for(e.instrument.sec_type)
+        assert e.residual is None or abs(e.residual.qty) > tol.qty_for(e.instrument.sec_type)
+        qty_breaks = [b for b in e.breaks if b.kind in (
+            BreakKind.BROKER_ONLY, BreakKind.ARCTIC_ONLY, BreakKind.QTY_MISMATCH)]
+        assert len(qty_breaks) == (1 if e.residual is not None else 0)
+    assert seen == {(r.account, r.con_id) for r in rows.values()} | set(bps)
+    json.dumps(result.to_dict(), allow_nan=False)
