@@ -15,6 +15,11 @@ from collections.abc import Sequence
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("replay", "replay a JSON fill stream through the ledger and print positions"),
     "demo": ("demo", "run toy strategies on the IB simulator into an embedded ArcticDB store"),
+    "reconcile": ("reconcile", "reconcile the journal with IB Gateway (exit 0 clean, 1 breaks, "
+                  "2 failed)"),
+    "gateway": ("gateway", "run the wire-level IB Gateway simulator until Ctrl-C"),
+    "compact": ("compact", "compact fragmented ArcticDB symbols (and prune old versions)"),
+    "snapshot": ("snapshot", "take a named end-of-day snapshot of every ArcticDB library"),
 }
 
 

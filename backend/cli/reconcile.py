@@ -6,7 +6,8 @@
 Exit codes: 0 clean; 1 breaks found (residual rows written); 2 could not reconcile (refused,
 clientId in use, timeout, drop, partial snapshot): one line on stderr, nothing written to
 ``portfolio`` (a ``failed`` report row is still recorded in ``reconciliation/<account>`` for the
-accounts named with ``--account``).
+accounts named with ``--account``, or every managed one when the failure came after connecting).
+ArcticDB's own console warnings are turned down to errors unless ``--verbose``.
 
 Writer lease: when no process holds it, the job opens the PortfolioManager itself (backfill
 through its idempotent ingest, residual rows into ``portfolio/<account>``, the report into
@@ -21,6 +22,7 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # heavy imports stay inside run(): `portfolio --help` is fast
+    from backend.ib.adapter import IBAdapter
     from backend.reconcile.job import RunReport
 
 
@@ -52,6 +54,13 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.CRITICAL + 1,
                         stream=sys.stderr)
+    if not args.verbose:
+        # ArcticDB's C++ warnings (e.g. "Writing empty dataframe" when an account's portfolio
+        # is all flat) go straight to stderr: cron would mail them, and a failed run must
+        # leave exactly one line there.
+        from arcticdb.config import set_log_level
+
+        set_log_level(default_level="ERROR")
     from backend.errors import LedgerError
 
     try:
@@ -65,7 +74,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         _print_summary(report)
     if report.error:
-        print(f"portfolio reconcile: could not reconcile: {report.error}", file=sys.stderr)
+        # Exactly one line for a failed run: its notes (e.g. the report could not be recorded
+        # either) go on the same line.
+        extra = f" ({'; '.join(report.notes)})" if report.notes else ""
+        print(f"portfolio reconcile: could not reconcile: {report.error}{extra}",
+              file=sys.stderr)
+        return report.exit_code
     for note in report.notes:
         print(f"portfolio reconcile: {note}", file=sys.stderr)
     return report.exit_code
@@ -93,8 +107,7 @@ async def _main(args: argparse.Namespace) -> RunReport:
         try:
             async with PortfolioManager(args.arctic) as pm, adapter:
                 try:
-                    await adapter.connect(args.host, args.port, args.client_id,
-                                          timeout=args.timeout, readonly=True)
+                    await _connect(adapter, args)
                 except BrokerError as exc:
                     return await failed_run(pm.store, exc, options=options,
                                             accounts=accounts or ())
@@ -107,13 +120,30 @@ async def _main(args: argparse.Namespace) -> RunReport:
     try:
         async with adapter:
             try:
-                await adapter.connect(args.host, args.port, args.client_id,
-                                      timeout=args.timeout, readonly=True)
+                await _connect(adapter, args)
             except BrokerError as exc:
                 return await failed_run(store, exc, options=options, accounts=accounts or ())
             return await run_once(adapter, books=None, store=store, options=options)
     finally:
         store.close()
+
+
+async def _connect(adapter: IBAdapter, args: argparse.Namespace) -> None:
+    """Connect read-only; every failure is a BrokerError (exit 2, one line on stderr)."""
+    from ib_async import RequestError
+
+    from backend.errors import BrokerRequestError
+
+    try:
+        await adapter.connect(args.host, args.port, args.client_id, timeout=args.timeout,
+                              readonly=True)
+    except RequestError as exc:
+        # ib_async raises a request's error out of its startup sync (e.g. 322 on the
+        # executions request); IBAdapter.connect lets it through unmapped.
+        adapter.disconnect()
+        raise BrokerRequestError(f"connect to {args.host}:{args.port} client_id="
+                                 f"{args.client_id}: startup request", exc.code,
+                                 exc.message) from exc
 
 
 def _print_summary(report: RunReport) -> None:

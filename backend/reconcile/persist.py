@@ -82,7 +82,9 @@ def last_fill_time(store: Store, account: str, now: datetime) -> datetime | None
         frame = store.read(FILLS, account, columns=["exec_id"])
     if frame.empty:
         return None
-    return pd.Timestamp(frame.index.max()).tz_convert("UTC").to_pydatetime()
+    # Down to microseconds (datetime's resolution): the index carries nanosecond offsets.
+    last = pd.Timestamp(frame.index.max()).tz_convert("UTC").floor("us")
+    return last.to_pydatetime()
 
 
 def journaled_fills(store: Store, account: str, since: datetime) -> dict[str, bool]:

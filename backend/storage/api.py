@@ -73,8 +73,12 @@ class Store(Protocol):
     def list_symbols(self, library: str) -> list[str]:
         """Symbols of ``library`` (empty when the library has none)."""
 
-    def snapshot(self, name: str) -> None:
-        """Take a named snapshot of every library (e.g. ``eod-2026-11-20``)."""
+    def list_versions(self, library: str, symbol: str) -> list[int]:
+        """Version numbers of ``symbol`` still stored, oldest first (empty when missing)."""
+
+    def snapshot(self, name: str, progress: Progress | None = None) -> None:
+        """Take a named snapshot of every library (e.g. ``eod-2026-11-20``); ``progress`` is
+        called once per library."""
 
     def list_snapshots(self) -> list[str]:
         """Names of the snapshots taken so far."""

@@ -56,6 +56,9 @@ SCHEMAS: Final[dict[str, dict[str, str]]] = {
         "broker_realized_pnl": F8,  # NaN unless reported
         "recorded_at": TS,
         "seq": I8,  # write-ahead journal sequence number (the watermark)
+        # The execution time exactly as received (the index may carry nanosecond offsets that
+        # make equal times unique): the ledger's dedupe compares it after a restart.
+        "exec_time": TS,
     },
     ORDERS: {
         # identity of the status event; a re-sent event with changed fields replaces its row

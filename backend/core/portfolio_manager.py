@@ -1,0 +1,610 @@
+"""PortfolioManager: StrategyManager events -> write-ahead journal -> ledger -> ArcticDB.
+
+::
+
+    pm = PortfolioManager("lmdb:///var/lib/portfolio")
+    async with pm:                      # takes the writer lease, recovers state
+        pm.subscribe(strategy_manager)  # any object with a .message_queue (asyncio.Queue)
+        await pm.process_message(msg)   # direct path, same semantics
+        await pm.flush()                # every message received so far is durable
+
+How a message travels (docs/events.md has the contract and the rules):
+
+1. Receipt (producer side, never waits on storage): the message is put in an in-memory inbox
+   and numbered. ``process_message`` and the subscription tasks only do that.
+2. Ingest task: drains the inbox (up to ``max_batch``), parses and encodes it and appends it to
+   the write-ahead journal in ONE durable SQLite transaction (worker thread), then folds it into
+   the ledger on the event loop (:meth:`process_fill` is that per-fill step).
+3. Persist task: whatever changed since the last durable batch is built into rows from the
+   current state and committed with one write per symbol (``Store.commit``, worker thread):
+   facts (fills, orders, rejects) at once, derived state (positions, portfolio) at most every
+   ``state_interval`` or when a ``flush`` waits; then the journal is trimmed up to what both
+   hold. A failed commit keeps the batch pending (merged with newer changes), is retried with
+   backoff, and makes ``flush`` raise.
+
+Ingest and persist overlap: while a batch is being written, the next one is journaled and
+folded, so batches grow with the load (microbatching without a fixed timer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import pandas as pd
+
+from backend.core.broker import BrokerExecution
+from backend.core.ledger import Ledger
+from backend.core.messages import (
+    FillMessage,
+    Parsed,
+    StatusMessage,
+    canonical,
+    encode_raw,
+    fill_message,
+    message_account,
+    message_con_id,
+    parse_message,
+)
+from backend.core.model import PositionKey
+from backend.errors import InvalidInputError, JournalError, PersistError
+from backend.pm.persist import commit_batch
+from backend.pm.recovery import recover_books
+from backend.pm.rows import PORTFOLIO_COLUMNS, frame_rows, state_frame
+from backend.pm.state import Batch, Books, Dirty
+from backend.pm.support import RunLog, default_journal_path, open_writer
+from backend.storage.api import Store
+from backend.storage.journal import Journal
+from backend.storage.schema import PORTFOLIO, POSITIONS
+
+REJECT = "_reject"  # journal entries of messages that could not be read
+RESIDUALS = "_residuals"  # journal entries of set_residuals()
+_log = logging.getLogger("backend.portfolio_manager")
+
+
+@dataclass(frozen=True)
+class _Residuals:
+    account: str
+    rows: list[tuple[Any, ...]]
+
+
+# a reject: (account, reason, field, raw text)
+_Event = Parsed | _Residuals | tuple[str, str, str, str]
+
+
+class PortfolioManager:
+    """Consumes StrategyManager messages and keeps ``fills``/``orders``/``positions``/
+    ``portfolio``/``rejects`` in ArcticDB. Exactly one per Arctic root (the writer lease)."""
+
+    def __init__(
+        self,
+        arctic_uri: str,
+        *,
+        journal_path: str | Path | None = None,
+        max_batch: int = 2000,
+        default_account: str = "",
+        run_id: str | None = None,
+        flush_retries: int = 3,
+        state_interval: float = 0.25,
+        batch_wait: float = 0.05,
+        journal_sync: str = "FULL",
+        store_opener: Callable[[str], Store] | None = None,
+    ) -> None:
+        if max_batch < 1:
+            raise InvalidInputError(f"max_batch={max_batch!r}: must be >= 1")
+        self.arctic_uri = arctic_uri
+        self.journal_path = str(journal_path or default_journal_path(arctic_uri))
+        self.max_batch = max_batch
+        self.default_account = default_account
+        self.run_id = run_id or uuid.uuid4().hex[:12]
+        self.flush_retries = flush_retries
+        self.state_interval = state_interval
+        self.batch_wait = batch_wait
+        self._journal_sync = journal_sync
+        self._opener = store_opener
+        self.log = RunLog(_log, {"run_id": self.run_id})
+        self._books = Books()
+        self._store: Store | None = None
+        self._journal: Journal | None = None
+        self._inbox: deque[tuple[int, Any, float]] = deque()
+        self._received = 0
+        self._folded = 0
+        self._durable = 0
+        self._dirty = Dirty()  # changes not yet committed (facts and state markers)
+        self._state = Dirty()  # state markers whose facts are durable, waiting for their write
+        self._facts_seq = self._state_seq = 0  # journal seqs durable in ArcticDB
+        self._state_durable = 0
+        self._flushing = 0
+        self._ingesting = False
+        self._chunk_done = asyncio.Event()
+        # per state library: when it was last written, and (receipt, seq) it covers
+        self._part_written = {POSITIONS: 0.0, PORTFOLIO: 0.0}
+        self._part_durable = {POSITIONS: (0, 0), PORTFOLIO: (0, 0)}
+        self._wake_ingest = asyncio.Event()
+        self._wake_persist = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._failures = 0  # consecutive failed attempts (drives the backoff)
+        self._attempts_failed = 0  # every failed attempt since start (drives flush errors)
+        self._error: BaseException | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._subscriptions: list[asyncio.Task[None]] = []
+        self._journal_limiter = anyio.CapacityLimiter(1)
+        self._store_limiter = anyio.CapacityLimiter(1)
+        self._activity: dict[int, float] = {}
+        self._open = False
+        self._entered = False
+        self._fatal: BaseException | None = None
+        self.recovery_seconds = 0.0
+        # name -> (count, total s, max s) of the ingest/persist steps (for the benchmark)
+        self.stats: dict[str, tuple[int, float, float]] = {}
+        self.replayed = 0
+        # Called with the receipt number up to which every fill/order/reject row is in
+        # ArcticDB (positions/portfolio follow within state_interval); bench and tests.
+        self.on_durable: Callable[[int], None] | None = None
+        # Called with the receipt number up to which facts AND positions/portfolio are durable.
+        self.on_state_durable: Callable[[int], None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    async def __aenter__(self) -> PortfolioManager:
+        if self._entered:
+            raise InvalidInputError("a PortfolioManager is entered once; make a new one")
+        self._entered = True
+        started = time.perf_counter()
+        opener = self._opener or open_writer
+        self._store = await anyio.to_thread.run_sync(opener, self.arctic_uri)
+        try:
+            self._journal = await anyio.to_thread.run_sync(
+                lambda: Journal(self.journal_path, synchronous=self._journal_sync))
+            self.replayed = await anyio.to_thread.run_sync(self._recover)
+            self._open = True
+            self._tasks = [asyncio.create_task(self._ingest_loop(), name="pm-ingest"),
+                           asyncio.create_task(self._persist_loop(), name="pm-persist")]
+            for task in self._tasks:
+                task.add_done_callback(self._task_ended)
+            if self._dirty.has_writes():
+                # Recovery produced writes: make them durable before returning.
+                self._received += 1
+                self._dirty.receipt = self._received
+                self._wake_persist.set()
+                await self.flush()
+        except BaseException:
+            await self._shutdown()
+            raise
+        self.recovery_seconds = time.perf_counter() - started
+        self.log.info("open: %d fills, %d journal entries replayed in %.3f s",
+                      len(self._books.ledger), self.replayed, self.recovery_seconds)
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        try:
+            if self._open:
+                for task in self._subscriptions:
+                    task.cancel()
+                await asyncio.gather(*self._subscriptions, return_exceptions=True)
+                try:
+                    await self.flush()
+                except PersistError:
+                    self.log.exception("close: pending batch stays in the journal for the next "
+                                       "start")
+                    if exc is None:
+                        raise
+        finally:
+            await self._shutdown()
+
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self._fatal = task.exception()
+            self.log.error("%s stopped: %r (messages stay in the journal)", task.get_name(),
+                           self._fatal)
+        self._progress.set()
+
+    async def _shutdown(self) -> None:
+        self._open = False
+        for task in self._tasks + self._subscriptions:
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._subscriptions, return_exceptions=True)
+        self._tasks, self._subscriptions = [], []
+        journal, store = self._journal, self._store
+        self._journal = self._store = None
+        if journal is not None:
+            await anyio.to_thread.run_sync(journal.close, limiter=self._journal_limiter)
+        if store is not None:
+            await anyio.to_thread.run_sync(store.close, limiter=self._store_limiter)
+
+    # -------------------------------------------------------------------- receipt
+    def subscribe(self, source: Any) -> None:
+        """Consume ``source.message_queue`` (an asyncio.Queue) until the manager closes."""
+        if not self._open:
+            raise InvalidInputError("subscribe: the PortfolioManager is not open (async with)")
+        queue = getattr(source, "message_queue", None)
+        if queue is None or not hasattr(queue, "get"):
+            raise InvalidInputError(f"source={source!r}: has no .message_queue")
+        self._subscriptions.append(
+            asyncio.create_task(self._consume(queue), name=f"pm-subscribe-{len(self._tasks)}"))
+
+    async def _consume(self, queue: asyncio.Queue[Any]) -> None:
+        while True:
+            self._accept(await queue.get())
+            queue.task_done()
+            while not queue.empty():
+                self._accept(queue.get_nowait())
+                queue.task_done()
+
+    def _accept(self, msg: Any) -> int:
+        self._received += 1
+        self._inbox.append((self._received, msg, time.time()))
+        self._wake_ingest.set()
+        return self._received
+
+    async def process_message(self, msg: Any) -> None:
+        """Accept one message (same path as the subscription); never waits on storage."""
+        if not self._open:
+            raise InvalidInputError("process_message: the PortfolioManager is not open")
+        self._accept(msg)
+        await asyncio.sleep(0)
+
+    async def ingest_backfill(self, executions: Iterable[BrokerExecution]) -> int:
+        """Feed executions read back from IB through the same idempotent path."""
+        count = 0
+        for ex in executions:
+            self._accept(fill_message(ex.fill, ex.commission))
+            count += 1
+        await asyncio.sleep(0)
+        return count
+
+    async def flush(self) -> None:
+        """Return once every message received so far is durable in ArcticDB.
+
+        Raises :class:`PersistError` (with the storage error as cause) once ``flush_retries``
+        attempts failed during this call; the batch stays pending and keeps being retried
+        in the background (a later ``flush`` returns once an attempt succeeds).
+        """
+        target = self._received
+        base = self._attempts_failed
+        self._flushing += 1
+        self._wake_persist.set()
+        try:
+            while self.durable < target:
+                if self._fatal is not None:
+                    raise PersistError(f"flush: the manager's worker stopped: "
+                                       f"{self._fatal!r}") from self._fatal
+                if not self._open:
+                    raise PersistError(f"flush: the manager closed with receipts "
+                                       f"{self.durable + 1}..{target} not durable")
+                if (self._error is not None
+                        and self._attempts_failed - base >= self.flush_retries):
+                    raise PersistError(
+                        f"flush: {target - self.durable} messages not durable after "
+                        f"{self._failures} attempts: {self._error}") from self._error
+                self._progress.clear()
+                await self._progress.wait()
+        finally:
+            self._flushing -= 1
+
+    # ------------------------------------------------------------------ ingesting
+    def _prepare(self, msg: Any, received: float) -> tuple[str, _Event]:
+        """(journal payload, parsed event or (account, reason, field) of a reject)."""
+        if isinstance(msg, Mapping) and msg.get("type") == REJECT:
+            return json.dumps(msg), (str(msg["account"]), str(msg["reason"]), str(msg["field"]),
+                                     str(msg["raw"]))
+        if isinstance(msg, Mapping) and msg.get("type") == RESIDUALS:
+            return json.dumps(msg), _Residuals(msg["account"], [
+                (datetime.fromisoformat(r[0]), *r[1:]) for r in msg["rows"]])
+        try:
+            at = datetime.fromtimestamp(received, UTC)
+            event = parse_message(msg, received_at=at, default_account=self.default_account)
+            return json.dumps(canonical(event), separators=(",", ":")), event
+        except InvalidInputError as exc:
+            account = message_account(msg) or ""
+            entry = {"type": REJECT, "raw": encode_raw(msg), "reason": str(exc),
+                     "field": str(getattr(exc, "field", "")), "account": account}
+            return json.dumps(entry), (account, entry["reason"], entry["field"], entry["raw"])
+
+    def _prepare_chunk(self, chunk: list[tuple[int, Any, float]]) -> tuple[int, list[Any]]:
+        prepared = [self._prepare(msg, at) for _, msg, at in chunk]
+        assert self._journal is not None
+        first = self._journal.append([p for p, _ in prepared], chunk[-1][2])
+        return first, [e for _, e in prepared]
+
+    async def _ingest_loop(self) -> None:
+        while True:
+            if not self._inbox:
+                self._wake_ingest.clear()
+                await self._wake_ingest.wait()
+                continue
+            chunk = [self._inbox.popleft() for _ in range(min(len(self._inbox), self.max_batch))]
+            self._ingesting = True
+            try:
+                t0 = time.perf_counter()
+                first, events = await anyio.to_thread.run_sync(
+                    self._prepare_chunk, chunk, limiter=self._journal_limiter)
+                self._stat("journal", time.perf_counter() - t0)
+            except JournalError as exc:
+                # Not accepted yet: back to the front of the inbox, in order; retried.
+                self._inbox.extendleft(reversed(chunk))
+                self._ingesting = False
+                await self._failed(exc)
+                continue
+            t0 = time.perf_counter()
+            for i, (event, (receipt, msg, received)) in enumerate(
+                    zip(events, chunk, strict=True)):
+                self._fold(first + i, event, msg, received)
+                self._dirty.receipt = receipt
+                if i % 512 == 511:
+                    self._stat("fold", time.perf_counter() - t0)
+                    await asyncio.sleep(0)  # keep the loop responsive inside a big chunk
+                    t0 = time.perf_counter()
+            self._stat("fold", time.perf_counter() - t0)
+            self._folded = chunk[-1][0]
+            self._ingesting = False
+            self._chunk_done.set()
+            self._wake_persist.set()
+
+    def _fold(self, seq: int, event: _Event, raw: Any,
+              received: float) -> None:
+        at = datetime.fromtimestamp(received, UTC)
+        dirty = self._dirty
+        dirty.seq = seq
+        try:
+            if isinstance(event, FillMessage):
+                self.process_fill(event, seq, at)
+            elif isinstance(event, StatusMessage):
+                self._books.fold_status(event, seq, at, dirty)
+            elif isinstance(event, _Residuals):
+                self._books.set_residuals(event.account, event.rows, dirty)
+            else:
+                account, reason, field, text = event
+                self.log.warning("reject seq=%d: %s", seq, reason,
+                                 extra={"account": account or "-"})
+                Books.reject(dirty, account, text, reason, field, at, seq)
+        except Exception as exc:
+            # A bug must not stop the pipeline: the message goes to rejects (it stays in the
+            # journal until then, and a replay gives the same reject, stored once).
+            account = getattr(getattr(event, "fill", event), "account", "") or ""
+            self.log.exception("reject seq=%d: internal error", seq,
+                               extra={"account": account or "-"})
+            text = json.dumps(canonical(event)) if isinstance(
+                event, FillMessage | StatusMessage) else repr(event)
+            Books.reject(dirty, account if isinstance(account, str) else "", text,
+                         f"internal error: {exc!r}", "", at, seq)
+
+    def process_fill(self, event: FillMessage, seq: int, received_at: datetime) -> None:
+        """The per-fill step (after the journal append): fold into the ledger and mark the
+        fill row, ``positions/<strategy>`` and the instrument's ``portfolio/<account>`` rows
+        for the next durable batch. Pure in-memory work, O(1) for in-order fills."""
+        reason = self._books.fold_fill(event, seq, received_at, self._dirty)
+        fill = event.fill
+        self._activity[fill.con_id] = time.monotonic()
+        if reason is not None:
+            self.log.warning("reject seq=%d: %s", seq, reason, extra={"account": fill.account})
+            Books.reject(self._dirty, fill.account, json.dumps(canonical(event)), reason,
+                         "fill.execution.execId", received_at, seq)
+
+    # ----------------------------------------------------------------- persisting
+    async def _persist_loop(self) -> None:
+        """Facts (fills, orders, rejects) are committed as soon as the previous commit is done.
+        Derived state is written per library ("part": positions, portfolio), each at most every
+        ``state_interval`` seconds and one part per turn, so a fact waits for at most one state
+        write; a waiting ``flush`` writes both at once. The journal is trimmed only up to what
+        facts AND both parts hold."""
+        while True:
+            now = time.monotonic()
+            facts_due = self._dirty.has_facts() or self._dirty.receipt > self._durable
+            pending = self._pending_parts()
+            due = [p for p in pending
+                   if self._flushing > 0 or now - self._part_written[p] >= self._interval()]
+            if not facts_due and not due:
+                self._wake_persist.clear()
+                timeout = (min(self._interval() - (now - self._part_written[p])
+                               for p in pending) if pending else None)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake_persist.wait(), timeout)
+                continue
+            if self._ingesting and len(self._dirty.fills) < self.max_batch:
+                # A chunk is being journaled and folded right now: commit it with this batch
+                # rather than alone right after (one commit costs about the same for 1 row or
+                # 1,000: batching is the lever).
+                self._chunk_done.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._chunk_done.wait(), self.batch_wait)
+            batch_dirty, self._dirty = self._dirty, Dirty(seq=self._dirty.seq)
+            try:
+                if batch_dirty.has_facts():
+                    t0 = time.perf_counter()
+                    batch = self._books.build(batch_dirty, state=False)
+                    t1 = time.perf_counter()
+                    await anyio.to_thread.run_sync(self._commit, batch, batch_dirty.retry,
+                                                   limiter=self._store_limiter)
+                    self._stat("facts_build", t1 - t0)
+                    self._stat("facts_commit", time.perf_counter() - t1)
+            except Exception as exc:
+                batch_dirty.retry = True
+                batch_dirty.merge_newer(self._dirty)
+                self._dirty = batch_dirty
+                await self._failed(exc)
+                continue
+            self._failures, self._error = 0, None
+            self._durable = max(self._durable, batch_dirty.receipt)
+            self._facts_seq = max(self._facts_seq, batch_dirty.seq)
+            if self.on_durable is not None:
+                self.on_durable(self._durable)
+            self._state.take_state(batch_dirty)
+            if not await self._persist_state():
+                continue
+            try:
+                await anyio.to_thread.run_sync(self._trim, min(self._facts_seq, self._state_seq),
+                                               limiter=self._journal_limiter)
+            except JournalError:
+                self.log.exception("journal trim failed (harmless: replay is idempotent)")
+            self._progress.set()
+
+    def _interval(self) -> float:
+        """While a backlog (a full chunk or more) waits in the inbox, facts go first: state
+        writes are spaced 4x."""
+        return self.state_interval * (4 if len(self._inbox) >= self.max_batch else 1)
+
+    def _pending_parts(self) -> list[str]:
+        parts = []
+        for dirty in (self._state, self._dirty):
+            if dirty.strategies and POSITIONS not in parts:
+                parts.append(POSITIONS)
+            if dirty.portfolio and PORTFOLIO not in parts:
+                parts.append(PORTFOLIO)
+        return parts
+
+    async def _persist_state(self) -> bool:
+        """Write the due state parts of ``self._state``; False when the commit failed."""
+        state = self._state
+        now = time.monotonic()
+        pending = [p for p, has in ((POSITIONS, bool(state.strategies)),
+                                    (PORTFOLIO, bool(state.portfolio))) if has]
+        due = sorted((p for p in pending
+                      if self._flushing > 0 or now - self._part_written[p] >= self._interval()),
+                     key=lambda p: self._part_written[p])
+        if self._flushing == 0:
+            due = due[:1]  # the part written longest ago
+        if due:
+            self._state = Dirty(seq=state.seq, receipt=state.receipt)
+            if POSITIONS not in due:
+                self._state.strategies, state.strategies = state.strategies, set()
+            if PORTFOLIO not in due:
+                self._state.portfolio, state.portfolio = state.portfolio, {}
+            try:
+                t0 = time.perf_counter()
+                batch = self._books.build(state, facts=False)
+                t1 = time.perf_counter()
+                await anyio.to_thread.run_sync(self._commit, batch, False,
+                                               limiter=self._store_limiter)
+                self._stat("state_build", t1 - t0)
+                self._stat("state_commit", time.perf_counter() - t1)
+            except Exception as exc:
+                state.take_state(self._state)
+                self._state = state
+                await self._failed(exc)
+                return False
+            self._failures, self._error = 0, None
+        # A part is durable up to this receipt when it was just written or has nothing pending.
+        for part, left in ((POSITIONS, bool(self._state.strategies)),
+                           (PORTFOLIO, bool(self._state.portfolio))):
+            if part in due:
+                self._part_written[part] = time.monotonic()
+            if part in due or not left:
+                self._part_durable[part] = (state.receipt, state.seq)
+        self._state_durable = min(r for r, _ in self._part_durable.values())
+        self._state_seq = min(q for _, q in self._part_durable.values())
+        if self.on_state_durable is not None:
+            self.on_state_durable(self.durable)
+        return True
+
+    def _stat(self, name: str, seconds: float) -> None:
+        count, total, worst = self.stats.get(name, (0, 0.0, 0.0))
+        self.stats[name] = (count + 1, total + seconds, max(worst, seconds))
+
+    def _commit(self, batch: Batch, retry: bool) -> None:
+        assert self._store is not None
+        commit_batch(self._store, batch, run_id=self.run_id, retry=retry,
+                     on_residuals=self._books.residuals.__setitem__)
+
+    def _trim(self, seq: int) -> None:
+        if self._journal is not None:
+            self._journal.trim(seq)
+
+    async def _failed(self, exc: BaseException) -> None:
+        self._failures += 1
+        self._attempts_failed += 1
+        self._error = exc
+        self.log.error("storage attempt %d failed (batch kept, retrying): %r",
+                       self._failures, exc)
+        self._progress.set()
+        await asyncio.sleep(min(0.05 * 2 ** min(self._failures, 7), 5.0))
+
+    # ------------------------------------------------------------------- recovery
+    def _recover(self) -> int:
+        assert self._store is not None
+        assert self._journal is not None
+        replayed = recover_books(self._store, self._journal, self._books, self._dirty,
+                                 fold=self._replay_fold, log=self.log)
+        return replayed
+
+    def _replay_fold(self, seq: int, payload: str, received: float) -> None:
+        msg = json.loads(payload)
+        _, event = self._prepare(msg, received)
+        self._fold(seq, event, msg, received)
+
+    # ---------------------------------------------------------------- read helpers
+    @property
+    def ledger(self) -> Ledger:
+        """The in-memory ledger (read it from the event loop only)."""
+        return self._books.ledger
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise InvalidInputError("store: the PortfolioManager is not open")
+        return self._store
+
+    @property
+    def received(self) -> int:
+        return self._received
+
+    @property
+    def durable(self) -> int:
+        """Receipt number up to which every message is durable in ArcticDB: its facts (fills,
+        orders, rejects rows) and the positions/portfolio state derived from it."""
+        return min(self._durable, self._state_durable)
+
+    def positions_frame(self, strategy: str) -> pd.DataFrame:
+        """What ``positions/<strategy>`` holds once the pending batch is durable."""
+        return state_frame(POSITIONS, self._books.position_rows(strategy, self._dirty.seq))
+
+    def portfolio_frame(self, account: str) -> pd.DataFrame:
+        """What ``portfolio/<account>`` holds once the pending batch is durable."""
+        self._books.update_portfolio(
+            account, {k[1] for k in self._books.account_con_keys if k[0] == account})
+        return state_frame(PORTFOLIO, self._books.portfolio_rows(account))
+
+    def in_flight_con_ids(self, window_s: float) -> set[int]:
+        """con_ids with a fill received in the last ``window_s`` seconds or not yet durable
+        (reconciliation leaves them out of its comparison: the quiet window)."""
+        now = time.monotonic()
+        busy = {con for con, at in self._activity.items() if now - at < window_s}
+        for dirty in (self._dirty, self._state):
+            for cons in dirty.portfolio.values():
+                busy |= cons
+        for _, msg, _ in self._inbox:  # received, not journaled yet
+            con_id = message_con_id(msg)
+            if con_id is not None:
+                busy.add(con_id)
+        return busy
+
+    def position(self, account: str, strategy: str, con_id: int) -> Any:
+        return self._books.ledger.position(PositionKey(account, strategy, con_id))
+
+    async def set_residuals(self, account: str, frame: pd.DataFrame) -> None:
+        """Replace the reconciliation rows (strategy ``_residual``) of ``portfolio/<account>``;
+        the manager keeps them whenever it rewrites the symbol. Journaled like a message;
+        durable after ``flush()``."""
+        missing = [c for c in PORTFOLIO_COLUMNS if c not in frame.columns]
+        if missing:
+            raise InvalidInputError(f"set_residuals: frame lacks columns {missing}")
+        rows = frame_rows(frame[list(PORTFOLIO_COLUMNS)], PORTFOLIO)
+        self._accept({"type": RESIDUALS, "account": account,
+                      "rows": [[r[0].isoformat(), *r[1:]] for r in rows]})
+        await asyncio.sleep(0)
+
+
+__all__ = ["PortfolioManager", "default_journal_path"]

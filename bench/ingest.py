@@ -1,0 +1,297 @@
+"""PortfolioManager ingest benchmark: one run, one process, ratios against baselines measured here.
+
+Measures, on lmdb:// under a temporary directory:
+
+* ``fills_per_s``: sustained fills/s from a subscribed ``asyncio.Queue`` to durable in ArcticDB
+  (microbatched path; real ib_async Fill/Trade objects);
+* ``naive_fills_per_s``: the naive path, one ArcticDB write per fill per library (fills,
+  positions, portfolio), same rows and ledger;
+* ``raw_rows_per_s``: the raw ceiling, the same fill rows appended straight to ArcticDB in
+  1,000-row batches (frames built before the clock starts);
+* ``p50_ms``/``p99_ms``: event-to-durable latency at a fixed offered load of 1,000 fills/s,
+  durable = the fill row is in ArcticDB (``state_p50_ms``/``state_p99_ms``: the derived
+  positions and portfolio rows too; they are written at most every ``state_interval``);
+* ``loop_lag_ms``: the largest event-loop lag seen during that fixed-load phase;
+* ``recovery_s``: opening the manager on the root built above after a simulated crash (every
+  fill of the throughput phase rebuilt from ``fills`` plus the fixed-load phase's messages
+  replayed from the journal).
+
+Usage: ``python bench/ingest.py [--fills 20000] [--naive 300] [--seconds 5]``. The last line
+is one JSON object. ``--recovery-fills N`` only measures recovery of N stored fills.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from ib_async import CommissionReport, Contract, Execution, Fill, Order, OrderStatus, Trade
+
+from backend.core.messages import FillMessage, canonical, parse_message
+from backend.core.portfolio_manager import PortfolioManager, default_journal_path
+from backend.pm.rows import fill_row, journal_frame, state_frame
+from backend.pm.state import Books, Dirty
+from backend.storage import open_store
+from backend.storage.api import SymbolWrite
+from backend.storage.journal import Journal
+from backend.storage.schema import FILLS, PORTFOLIO, POSITIONS
+
+T0 = datetime(2026, 11, 20, 14, 30, tzinfo=UTC)
+ACCOUNTS = ("DU111", "DU222")
+STRATEGIES = ("alpha", "beta", "gamma", "delta")
+N_CONTRACTS = 50
+
+
+class Source:
+    """Anything with a ``message_queue`` (what StrategyManager offers)."""
+
+    def __init__(self) -> None:
+        self.message_queue: asyncio.Queue[Any] = asyncio.Queue()
+
+
+def make_messages(start: int, count: int) -> list[dict[str, Any]]:
+    contracts = [Contract(conId=1000 + i, symbol=f"S{i}", secType="STK", currency="USD",
+                          exchange="SMART") for i in range(N_CONTRACTS)]
+    out = []
+    for n in range(start, start + count):
+        strategy = STRATEGIES[n % len(STRATEGIES)]
+        contract = contracts[n % N_CONTRACTS]
+        eid = f"0000e215.{n:08x}.01.01"
+        side = "BOT" if (n // 7) % 2 else "SLD"
+        execution = Execution(execId=eid, time=T0 + timedelta(milliseconds=n),
+                              acctNumber=ACCOUNTS[n % 2], exchange="NYSE", side=side,
+                              shares=float(1 + n % 10), price=100.0 + (n % 13) * 0.25,
+                              permId=n, orderId=n, orderRef=strategy)
+        report = CommissionReport(execId=eid, commission=1.0, currency="USD") if n % 2 \
+            else CommissionReport()
+        order = Order(orderId=n, permId=n, action="BUY" if side == "BOT" else "SELL",
+                      totalQuantity=execution.shares, orderType="MKT", orderRef=strategy,
+                      account=ACCOUNTS[n % 2])
+        trade = Trade(contract=contract, order=order,
+                      orderStatus=OrderStatus(orderId=n, status="Filled"))
+        fill = Fill(contract, execution, report, datetime.now(UTC))
+        out.append({"type": "fill", "strategy": strategy, "trade": trade, "fill": fill})
+    return out
+
+
+async def throughput(uri: str, messages: list[dict[str, Any]]) -> float:
+    source = Source()
+    async with PortfolioManager(uri) as pm:
+        pm.subscribe(source)
+        started = time.perf_counter()
+        for msg in messages:
+            source.message_queue.put_nowait(msg)
+        await source.message_queue.join()
+        await pm.flush()
+        elapsed = time.perf_counter() - started
+        report_stats(pm)
+    return len(messages) / elapsed
+
+
+def report_stats(pm: PortfolioManager) -> None:
+    for name, (count, total, worst) in sorted(pm.stats.items()):
+        print(f"  {name}: {count} x {total / count * 1000:.1f} ms avg, {worst * 1000:.1f} ms max,"
+              f" {total:.2f} s total", file=sys.stderr)
+
+
+def naive(uri: str, messages: list[dict[str, Any]]) -> float:
+    """One write per fill per library: the fill row, then the strategy's and the account's
+    whole state symbols, through the same Store API and row builders."""
+    store = open_store(uri)
+    books = Books()
+    try:
+        started = time.perf_counter()
+        for seq, msg in enumerate(messages, start=1):
+            event = parse_message(msg, received_at=datetime.now(UTC))
+            dirty = Dirty(seq=seq)
+            assert isinstance(event, FillMessage)
+            books.fold_fill(event, seq, datetime.now(UTC), dirty)
+            batch = books.build(dirty)
+            for account, (rows, times) in batch.fills.items():
+                store.commit([SymbolWrite(FILLS, account, rows=journal_frame(FILLS, rows, times))])
+            for strategy, prow in batch.positions.items():
+                store.commit([SymbolWrite(POSITIONS, strategy, state=state_frame(POSITIONS, prow))])
+            for account, prow in batch.portfolio.items():
+                store.commit([SymbolWrite(PORTFOLIO, account, state=state_frame(PORTFOLIO, prow))])
+        return len(messages) / (time.perf_counter() - started)
+    finally:
+        store.close()
+
+
+def raw(root: Path, messages: list[dict[str, Any]]) -> float:
+    import arcticdb as adb
+
+    now = datetime.now(UTC)
+    events = [parse_message(m, received_at=now) for m in messages]
+    rows = [fill_row(e.fill, e.commission, i, now)  # type: ignore[union-attr]
+            for i, e in enumerate(events)]
+    times = sorted(e.fill.time for e in events)  # type: ignore[union-attr]
+    frames = [journal_frame(FILLS, rows[i:i + 1000], times[i:i + 1000])
+              for i in range(0, len(rows), 1000)]
+    lib = adb.Arctic(f"lmdb://{root}?map_size=4GB").get_library("fills", create_if_missing=True)
+    started = time.perf_counter()
+    lib.write("raw", frames[0])
+    for frame in frames[1:]:
+        lib.append("raw", frame)
+    return len(rows) / (time.perf_counter() - started)
+
+
+async def fixed_load(uri: str, messages: list[dict[str, Any]], rate: float
+                     ) -> tuple[list[float], list[float], float]:
+    """Offer ``rate`` fills/s; returns event-to-durable latencies (s) of the fill rows and of
+    the derived positions/portfolio, and the max loop lag."""
+    source = Source()
+    sent: dict[int, float] = {}
+    latencies: list[float] = []
+    state_latencies: list[float] = []
+    lag = 0.0
+    stop = asyncio.Event()
+
+    async def monitor() -> None:
+        nonlocal lag
+        while not stop.is_set():
+            before = time.perf_counter()
+            await asyncio.sleep(0.001)
+            lag = max(lag, time.perf_counter() - before - 0.001)
+
+    async with PortfolioManager(uri) as pm:
+        done = 0
+
+        state_done = 0
+
+        def durable(receipt: int) -> None:
+            nonlocal done
+            now = time.perf_counter()
+            for r in range(done + 1, receipt + 1):
+                latencies.append(now - sent[r])
+            done = receipt
+
+        def state_durable(receipt: int) -> None:
+            nonlocal state_done
+            now = time.perf_counter()
+            for r in range(state_done + 1, receipt + 1):
+                state_latencies.append(now - sent[r])
+            state_done = max(state_done, receipt)
+
+        pm.on_durable = durable
+        pm.on_state_durable = state_durable
+        pm.subscribe(source)
+        watcher = asyncio.create_task(monitor())
+        started = time.perf_counter()
+        for i, msg in enumerate(messages):
+            due = started + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            sent[i + 1] = time.perf_counter()
+            source.message_queue.put_nowait(msg)
+        await source.message_queue.join()
+        await pm.flush()
+        stop.set()
+        await watcher
+        report_stats(pm)
+    return latencies, state_latencies, lag
+
+
+def simulate_crash_journal(uri: str, messages: list[dict[str, Any]]) -> None:
+    """Leave ``messages`` in the journal as a crashed manager would (journaled, not persisted)."""
+    now = datetime.now(UTC)
+    payloads = [json.dumps(canonical(parse_message(m, received_at=now))) for m in messages]
+    with Journal(default_journal_path(uri)) as journal:
+        journal.append(payloads)
+
+
+async def recovery(uri: str) -> tuple[float, int, int]:
+    started = time.perf_counter()
+    async with PortfolioManager(uri) as pm:
+        elapsed = time.perf_counter() - started
+        return elapsed, len(pm.ledger), pm.replayed
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    try:
+        from arcticdb_ext import set_config_int  # type: ignore[import-not-found]
+
+        # Fresh roots: skip ArcticDB's 1 s symbol-list lock wait per new library.
+        set_config_int("StorageLock.WaitMs", 10)
+        if args.recovery_fills:
+            return await recovery_only(work, args.recovery_fills)
+        messages = make_messages(0, args.fills)
+        load = make_messages(args.fills, int(args.seconds * 1000))
+        uri = f"lmdb://{work / 'micro'}"
+        fills_per_s = await throughput(uri, messages)
+        print(f"microbatched: {fills_per_s:,.0f} fills/s ({args.fills} fills)", file=sys.stderr)
+        naive_per_s = naive(f"lmdb://{work / 'naive'}", make_messages(0, args.naive))
+        print(f"naive: {naive_per_s:,.1f} fills/s ({args.naive} fills)", file=sys.stderr)
+        raw_per_s = raw(work / "raw", messages)
+        print(f"raw append ceiling: {raw_per_s:,.0f} rows/s", file=sys.stderr)
+        latencies, state_latencies, lag = await fixed_load(
+            f"lmdb://{work / 'latency'}", load, 1000.0)
+        cuts = statistics.quantiles([x * 1000 for x in latencies], n=100)
+        p50, p99 = statistics.median(latencies) * 1000, cuts[98]
+        state_cuts = statistics.quantiles([x * 1000 for x in state_latencies], n=100)
+        state_p50, state_p99 = statistics.median(state_latencies) * 1000, state_cuts[98]
+        print(f"latency at 1,000 fills/s, fill row durable: p50 {p50:.1f} ms p99 {p99:.1f} ms;"
+              f" positions+portfolio durable too: p50 {state_p50:.1f} ms p99 {state_p99:.1f} ms;"
+              f" max loop lag {lag * 1000:.1f} ms", file=sys.stderr)
+        simulate_crash_journal(uri, load)
+        rec_s, fills, replayed = await recovery(uri)
+        print(f"recovery: {rec_s:.2f} s ({fills} fills rebuilt, {replayed} journal entries "
+              f"replayed)", file=sys.stderr)
+        print(f"ratios: {fills_per_s / naive_per_s:,.0f}x naive (target >= 100x), "
+              f"{fills_per_s / raw_per_s:.0%} of raw (target >= 25%), p99 {p99:.1f} ms "
+              f"(target <= 50 ms)", file=sys.stderr)
+        return {"fills_per_s": round(fills_per_s, 1), "naive_fills_per_s": round(naive_per_s, 2),
+                "raw_rows_per_s": round(raw_per_s, 1), "p50_ms": round(p50, 2),
+                "p99_ms": round(p99, 2), "loop_lag_ms": round(lag * 1000, 2),
+                "recovery_s": round(rec_s, 3), "state_p50_ms": round(state_p50, 2),
+                "state_p99_ms": round(state_p99, 2),
+                "vs_naive": round(fills_per_s / naive_per_s, 1),
+                "vs_raw": round(fills_per_s / raw_per_s, 3), "fills": args.fills,
+                "recovered_fills": fills, "replayed": replayed}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+async def recovery_only(work: Path, count: int) -> dict[str, Any]:
+    """Store ``count`` fills (raw appends, not timed), then time a manager's recovery."""
+    store = open_store(f"lmdb://{work / 'rec'}?map_size=8GB")
+    try:
+        step = 50_000
+        now = datetime.now(UTC)
+        for start in range(0, count, step):
+            msgs = make_messages(start, min(step, count - start))
+            events = [parse_message(m, received_at=now) for m in msgs]
+            by_account: dict[str, tuple[list[Any], list[Any]]] = {}
+            for i, e in enumerate(events):
+                rows, times = by_account.setdefault(e.fill.account, ([], []))  # type: ignore[union-attr]
+                rows.append(fill_row(e.fill, e.commission, start + i, now))  # type: ignore[union-attr]
+                times.append(e.fill.time)  # type: ignore[union-attr]
+            store.commit([SymbolWrite(FILLS, a, rows=journal_frame(FILLS, r, t))
+                          for a, (r, t) in by_account.items()])
+    finally:
+        store.close()
+    rec_s, fills, _ = await recovery(f"lmdb://{work / 'rec'}?map_size=8GB")
+    print(f"recovery of {fills:,} fills: {rec_s:.2f} s "
+          f"({rec_s / fills * 1e6:.2f} s per million)", file=sys.stderr)
+    return {"recovery_s": round(rec_s, 3), "fills": fills,
+            "recovery_s_per_million": round(rec_s / fills * 1e6, 2)}
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--fills", type=int, default=20_000)
+    parser.add_argument("--naive", type=int, default=300)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--recovery-fills", type=int, default=0)
+    print(json.dumps(asyncio.run(main(parser.parse_args()))))

@@ -1,0 +1,158 @@
+"""Shared pieces of the end-to-end reconciliation tests (simulator + real ib_async + lmdb).
+
+Reuses the IB fixtures of ``tests/ib/conftest.py``: ``ib_decoder_guard`` (autouse: fails a test
+on any ib_async "Error handling fields" record) and ``sim_factory``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import json
+import shutil
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from backend.cli import main as cli_main
+from backend.ib.simulator import Faults, Scenario, SimulatorThread
+from backend.storage import open_store
+from backend.storage.schema import FILLS, LIBRARIES, PORTFOLIO, RECONCILIATION
+
+
+def _load_ib_conftest() -> Any:
+    # tests/ is not a package (importlib mode): load the IB conftest by path, under a name of
+    # its own so pytest's own copy of it is left alone.
+    path = Path(__file__).resolve().parents[1] / "ib" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("_reconcile_ib_conftest", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+_ib = _load_ib_conftest()
+ib_decoder_guard = _ib.ib_decoder_guard
+sim_factory = _ib.sim_factory
+SimFactory = _ib.SimFactory
+
+SCENARIOS = Path(__file__).resolve().parent / "scenarios"
+ACCOUNT = "DU1234567"
+CLIENT_ID = 17
+
+
+@pytest.fixture(scope="session")
+def empty_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An lmdb root whose libraries exist: made once, copied per test. (On a brand-new root
+    ArcticDB's first ``list_symbols`` of each library takes about a second; a
+    PortfolioManager opening a new root pays that for five libraries.)"""
+    root = tmp_path_factory.mktemp("template") / "arctic"
+    store = open_store(f"lmdb://{root}", writer=True)
+    try:
+        for library in LIBRARIES:
+            store.list_symbols(library)
+    finally:
+        store.close()
+    return root
+
+
+@pytest.fixture
+def uri(tmp_path: Path, empty_root: Path) -> str:
+    """A real lmdb:// store of this test (its libraries already created)."""
+    return copy_store(empty_root, tmp_path / "arctic")
+
+
+# ------------------------------------------------------------------ store reads (no lease)
+
+def versions(uri: str, library: str = PORTFOLIO) -> dict[str, list[int]]:
+    """Every symbol of ``library`` -> its versions (a reader: takes no lease)."""
+    store = open_store(uri, writer=False)
+    try:
+        return {s: sorted(store.list_versions(library, s)) for s in store.list_symbols(library)}
+    finally:
+        store.close()
+
+
+def read(uri: str, library: str, symbol: str, as_of: int | None = None) -> pd.DataFrame:
+    store = open_store(uri, writer=False)
+    try:
+        if as_of is None:
+            return store.read(library, symbol)
+        return store.read(library, symbol, as_of=as_of)
+    finally:
+        store.close()
+
+
+def metadata(uri: str, library: str, symbol: str) -> Mapping[str, Any] | None:
+    store = open_store(uri, writer=False)
+    try:
+        return store.read_metadata(library, symbol)
+    finally:
+        store.close()
+
+
+def reports(uri: str, account: str = ACCOUNT) -> list[dict[str, Any]]:
+    """The report rows of ``reconciliation/<account>``, oldest first, JSON decoded."""
+    frame = read(uri, RECONCILIATION, account)
+    return [json.loads(text) for text in frame["report"].tolist()]
+
+
+def fill_ids(uri: str, account: str = ACCOUNT) -> list[str]:
+    if account not in versions(uri, FILLS):
+        return []
+    return [str(e) for e in read(uri, FILLS, account)["exec_id"].tolist()]
+
+
+# ------------------------------------------------------------------ the CLI in-process
+
+@dataclass(frozen=True)
+class CliRun:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def err_lines(self) -> list[str]:
+        return [line for line in self.err.splitlines() if line.strip()]
+
+
+def run_cli(uri: str, port: int, *extra: str, account: str | None = ACCOUNT,
+            timeout: float = 2.0) -> CliRun:
+    """``portfolio reconcile ...`` in this process (the simulator must run in another thread:
+    the command runs its own event loop)."""
+    argv = ["reconcile", "--arctic", uri, "--host", "127.0.0.1", "--port", str(port),
+            "--client-id", str(CLIENT_ID), "--timeout", str(timeout)]
+    if account is not None:
+        argv += ["--account", account]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli_main([*argv, *extra])
+    return CliRun(code, out.getvalue(), err.getvalue())
+
+
+@contextlib.contextmanager
+def simulator(scenario: Scenario, faults: Faults | None = None) -> Iterator[SimulatorThread]:
+    with SimulatorThread(scenario, faults=faults) as handle:
+        yield handle
+
+
+def copy_store(template: Path, dest: Path) -> str:
+    """A copy of a prepared lmdb root (store and the PortfolioManager's journal)."""
+    shutil.copytree(template, dest)
+    return f"lmdb://{dest}"
+
+
+def residual_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[frame["strategy"] == "_residual"]
+
+
+def con_ids(rows: Sequence[dict[str, Any]]) -> set[int]:
+    return {int(r["con_id"]) for r in rows}

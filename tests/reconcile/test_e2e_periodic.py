@@ -1,0 +1,124 @@
+"""The runner's periodic reconciliation against the simulator (real ib_async, real lmdb):
+it never overlaps itself, and it leaves out instruments with a working order or a fresh fill."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+from collections.abc import Callable
+
+import pytest
+from ib_async import Contract, LimitOrder, MarketOrder, Stock
+
+from backend.core.portfolio_manager import PortfolioManager
+from backend.ib.adapter import IBAdapter
+from backend.ib.simulator.examples import AAPL, ES, basic_scenario
+from backend.ib.strategy_manager import StrategyManager
+from backend.reconcile.job import Outcome, RunOptions, RunReport
+from backend.reconcile.periodic import runner_reconciler
+
+from .conftest import ACCOUNT, CLIENT_ID, SimFactory, reports
+
+REQ_POSITIONS = 61  # the TWS API message id of reqPositions
+QUIET = 0.3
+# Long enough that a busy CI machine still ticks inside the window after a fill.
+QUIET_SKIP = 1.5
+
+
+async def until(condition: Callable[[], bool], within: float = 10.0) -> None:
+    async with asyncio.timeout(within):
+        while not condition():  # noqa: ASYNC110  (client/manager state has no event to await)
+            await asyncio.sleep(0.01)
+
+
+def rows_of(report: RunReport) -> set[int]:
+    return {int(r["con_id"]) for r in report.accounts[0].report["rows"]}
+
+
+@pytest.mark.asyncio
+async def test_periodic_never_overlaps_itself(sim_factory: SimFactory, uri: str) -> None:
+    sim = await sim_factory(basic_scenario())
+    done: list[RunReport] = []
+    async with PortfolioManager(uri) as pm, IBAdapter(request_timeout=5) as adapter:
+        await adapter.connect("127.0.0.1", sim.port, CLIENT_ID, timeout=5)
+        periodic, _ = runner_reconciler(
+            adapter, pm, interval=0.01, quiet_seconds=QUIET, in_flight=pm.in_flight_con_ids,
+            options=RunOptions(gateway="sim"), on_report=done.append)
+        # Two ticks at once: the second finds the first in progress and does nothing.
+        first, second = await asyncio.gather(periodic.tick(), periodic.tick())
+        assert second is None
+        assert first is not None
+        assert first.outcome is Outcome.CLEAN
+        assert (periodic.runs, periodic.overlaps_skipped) == (1, 1)
+
+        # Runs slower (positionEnd 0.5 s late) than the interval (0.01 s): still one at a time,
+        # and a tick from elsewhere during a run is skipped.
+        sim.faults.delay_end["positionEnd"] = 0.5
+        seen = sum(1 for m in sim.received if m and m[0] == str(REQ_POSITIONS))
+        task = asyncio.create_task(periodic.run_forever())
+        try:
+            await sim.wait_for_request(REQ_POSITIONS, count=seen + 1)
+            assert await periodic.tick() is None  # a run is waiting for positionEnd
+            await until(lambda: len(done) >= 3)
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+    assert periodic.overlaps_skipped == 2
+    assert all(r.outcome is Outcome.CLEAN for r in done)
+    for earlier, later in itertools.pairwise(done):
+        assert earlier.finished_at <= later.started_at  # no two runs overlap in time
+    # One report row per finished run, in order (plus, at most, the run the cancel cut short).
+    stored = [r["run_id"] for r in reports(uri)]
+    assert stored[:len(done)] == [r.run_id for r in done]
+    assert len(stored) - len(done) in (0, 1)
+
+
+@pytest.mark.asyncio
+async def test_periodic_skips_instruments_in_flight(sim_factory: SimFactory, uri: str) -> None:
+    sim = await sim_factory(dataclasses.replace(basic_scenario(), open_orders=()))
+    async with (PortfolioManager(uri) as pm, IBAdapter(request_timeout=5) as adapter,
+                StrategyManager(request_timeout=5) as sm):
+        await sm.connect("127.0.0.1", sim.port, 1, timeout=5)
+        await adapter.connect("127.0.0.1", sim.port, CLIENT_ID, timeout=5)
+        pm.subscribe(sm)
+        periodic, window = runner_reconciler(
+            adapter, pm, interval=60, quiet_seconds=QUIET_SKIP, in_flight=pm.in_flight_con_ids,
+            options=RunOptions(gateway="sim"))
+        sm.add_listener(window)
+        baseline = await periodic.tick()  # backfills the scenario's day
+        assert baseline is not None
+        assert baseline.outcome is Outcome.CLEAN
+        assert rows_of(baseline) >= {AAPL.con_id, ES.con_id}
+        # The backfilled fills count as activity too: let them leave the quiet window.
+        await until(lambda: not pm.in_flight_con_ids(QUIET_SKIP))
+
+        # A resting order on AAPL (limit far below the market) and a fresh fill on ES.
+        [aapl] = await sm.qualify(Stock("AAPL", "SMART", "USD"))
+        trade = sm.place_order("momentum", aapl, LimitOrder("BUY", 5, 100.0))
+        await until(lambda: trade.orderStatus.status == "Submitted")
+        await until(lambda: (ACCOUNT, AAPL.con_id) in window.busy([ACCOUNT]))
+        [es] = await sm.qualify(Contract(conId=ES.con_id))
+        filled = sm.place_order("carry", es, MarketOrder("BUY", 1))
+        await until(lambda: bool(filled.fills))
+        assert (ACCOUNT, ES.con_id) in window.busy([ACCOUNT])  # within the quiet window
+
+        busy = await periodic.tick()
+        assert busy is not None
+        report = busy.accounts[0].report
+        assert report["skipped"] == sorted([AAPL.con_id, ES.con_id])
+        assert not rows_of(busy) & {AAPL.con_id, ES.con_id}  # left out of the compare
+        assert busy.outcome is Outcome.CLEAN
+
+        # The order is cancelled and the fill left the quiet window: both are compared again.
+        sm.cancel_order(trade)
+        await until(lambda: trade.isDone())
+        await until(lambda: not window.busy([ACCOUNT])
+                    and not pm.in_flight_con_ids(QUIET_SKIP))
+        quiet = await periodic.tick()
+        assert quiet is not None
+        assert quiet.accounts[0].report["skipped"] == []
+        assert rows_of(quiet) >= {AAPL.con_id, ES.con_id}
+        assert quiet.outcome is Outcome.CLEAN  # the ES fill is journaled: broker 3 = carry 3
+        assert pm.position(ACCOUNT, "carry", ES.con_id).qty == 3.0
