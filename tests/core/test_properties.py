@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backend.core.ledger import Ledger
-from backend.core.model import CommissionReport, Fill, Instrument, PositionKey, Side
+from backend.core.model import CommissionReport, Fill, PositionKey, Side
 
 from .factories import FUTURE, OPTION, STOCK, T0
 
