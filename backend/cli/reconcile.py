@@ -12,7 +12,8 @@ ArcticDB's own console warnings are turned down to errors unless ``--verbose``.
 Writer lease: when no process holds it, the job opens the PortfolioManager itself (backfill
 through its idempotent ingest, residual rows into ``portfolio/<account>``, the report into
 ``reconciliation/<account>``). When a running PortfolioManager holds it, the job says so on
-stderr, does not backfill and leaves ``portfolio`` alone.
+stderr, does not backfill and leaves ``portfolio`` alone; it still appends its report to
+``reconciliation/<account>``, the one library shared between writers (backend/storage/lease.py).
 """
 
 from __future__ import annotations

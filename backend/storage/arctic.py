@@ -33,6 +33,7 @@ from backend.storage.handles import (
     Handle,
     acquire_handle,
     consolidated_frames,
+    fresh_version_chains,
     is_missing_key,
     is_no_such_version,
     library_options,
@@ -53,7 +54,13 @@ from backend.storage.plan import (
     plan_journal,
     prepare,
 )
-from backend.storage.schema import JOURNAL_LIBRARIES, KEY_COLUMNS, LIBRARIES, STATE_LIBRARIES
+from backend.storage.schema import (
+    JOURNAL_LIBRARIES,
+    KEY_COLUMNS,
+    LIBRARIES,
+    RECONCILIATION,
+    STATE_LIBRARIES,
+)
 from backend.storage.uri import parse_uri
 
 T = TypeVar("T")
@@ -143,7 +150,26 @@ class ArcticStore:
 
     # -- writing ---------------------------------------------------------------------------
     def commit(self, writes: Sequence[SymbolWrite]) -> None:
-        self._require_writer()
+        libraries = {w.library for w in writes}
+        if libraries == {RECONCILIATION}:
+            # The one shared library: any store may append reports (lease.py explains why).
+            self._require_handle()
+        else:
+            self._require_writer()
+        if RECONCILIATION not in libraries:
+            self._commit(writes)
+            return
+        parsed = self._parsed
+        with lease_mod.shared_write_lock(parsed.kind, parsed.root, RECONCILIATION), \
+                fresh_version_chains():
+            with self._lock:
+                # Another process may have appended since: forget what we knew of its tail.
+                for w in writes:
+                    if w.library == RECONCILIATION:
+                        self._states.pop((w.library, w.symbol), None)
+            self._commit(writes)
+
+    def _commit(self, writes: Sequence[SymbolWrite]) -> None:
         prepared = prepare(writes, naive_tz=self.naive_tz)
         failures: list[tuple[str, str, BaseException]] = []
         with self._lock:

@@ -105,6 +105,27 @@ def quiet_reads() -> Iterator[None]:
         yield
 
 
+_RELOAD_LOCK = threading.Lock()
+_DEFAULT_RELOAD_NS = 2_000_000_000  # ArcticDB's own default: trust the cached chain for ~2 s
+
+
+@contextlib.contextmanager
+def fresh_version_chains() -> Iterator[None]:
+    """Within the block, every ArcticDB call reloads version chains instead of trusting the
+    ~2 s cache, so a write sees what another process wrote just before (the setting is read
+    per operation, process-wide). The previous setting is restored afterwards."""
+    from arcticdb.config import get_config_int, set_config_int
+
+    with _RELOAD_LOCK:
+        before = get_config_int("VersionMap.ReloadInterval")
+        set_config_int("VersionMap.ReloadInterval", 0)
+        try:
+            yield
+        finally:
+            set_config_int("VersionMap.ReloadInterval",
+                           _DEFAULT_RELOAD_NS if before is None else before)
+
+
 def refresh_version_cache() -> None:
     """Make this process's next reads reload version chains instead of trusting the ~2 s
     cache (the cached latest version may have just been pruned by the writer)."""

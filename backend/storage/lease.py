@@ -10,6 +10,12 @@ a store for writing takes a lease first:
 * ``mem://NAME``: a process-local lease per name (a ``mem://`` store only exists in-process).
 * ``s3://``: no lock (see docs/storage.md for what the deployment must ensure).
 
+The ``reconciliation`` library is the one exception to "one writer": the running
+PortfolioManager's periodic reconciler and the cron job both append run reports to it. Each such
+write holds :func:`shared_write_lock` (a blocking ``flock`` on ``PATH/.reconciliation.lock``,
+held only for the write) and reloads the version chain first, so the two never lose each
+other's rows. No other library may be written without the writer lease.
+
 :func:`try_acquire` returns None when someone else holds it; :func:`acquire` raises
 :class:`WriterLeaseError` naming the holder; :func:`holder` describes the current holder
 without taking the lease.
@@ -21,6 +27,9 @@ import fcntl
 import os
 import socket
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -69,6 +78,49 @@ class Lease:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+_SHARED_MEM: dict[str, threading.Lock] = {}
+
+
+@contextmanager
+def shared_write_lock(kind: str, root: str, name: str, timeout: float = 30.0) -> Iterator[None]:
+    """Hold the short write lock of the shared library ``name`` of ``root`` (blocking, with
+    ``timeout`` seconds before :class:`StorageError`). Held only around one write."""
+    if kind == "lmdb":
+        path = Path(root)
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path / f".{name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise StorageError(
+                            f"library {name!r} at {root!r}: its write lock is still held after "
+                            f"timeout={timeout}s") from None
+                    time.sleep(0.01)  # another process is writing one report: a few ms
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+        return
+    if kind == "mem":
+        with _MEM_LOCK:
+            lock = _SHARED_MEM.setdefault(f"{root}/{name}", threading.Lock())
+        if not lock.acquire(timeout=timeout):
+            raise StorageError(f"library {name!r} at {root!r}: write lock timeout={timeout}s")
+        try:
+            yield
+        finally:
+            lock.release()
+        return
+    yield  # s3: no lock (docs/storage.md)
 
 
 def lock_path(lmdb_root: str | os.PathLike[str]) -> Path:
