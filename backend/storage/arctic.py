@@ -40,6 +40,7 @@ from backend.storage.handles import (
     quiet_reads,
     refresh_version_cache,
     release_handle,
+    short_storage_lock_wait,
 )
 from backend.storage.index import times_ns
 from backend.storage.plan import (
@@ -105,8 +106,10 @@ class ArcticStore:
         try:
             self._handle = acquire_handle(self._parsed)
             if writer:
-                for name in LIBRARIES:
-                    self._lib(name, create=True)
+                with short_storage_lock_wait():
+                    for name in LIBRARIES:
+                        self._lib(name, create=True)
+                        self.list_symbols(name)  # builds the symbol list now, not on first use
         except BaseException:
             self.close()
             raise

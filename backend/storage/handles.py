@@ -105,25 +105,35 @@ def quiet_reads() -> Iterator[None]:
         yield
 
 
-_RELOAD_LOCK = threading.Lock()
-_DEFAULT_RELOAD_NS = 2_000_000_000  # ArcticDB's own default: trust the cached chain for ~2 s
+_CONFIG_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def fresh_version_chains() -> Iterator[None]:
-    """Within the block, every ArcticDB call reloads version chains instead of trusting the
-    ~2 s cache, so a write sees what another process wrote just before (the setting is read
-    per operation, process-wide). The previous setting is restored afterwards."""
+def _config_int(name: str, value: int, default: int) -> Iterator[None]:
+    """Set ArcticDB's process-wide integer option ``name`` (read per operation) for the block,
+    then restore it (``default`` is ArcticDB's own default, used when it was never set)."""
     from arcticdb.config import get_config_int, set_config_int
 
-    with _RELOAD_LOCK:
-        before = get_config_int("VersionMap.ReloadInterval")
-        set_config_int("VersionMap.ReloadInterval", 0)
+    with _CONFIG_LOCK:
+        before = get_config_int(name)
+        set_config_int(name, value)
         try:
             yield
         finally:
-            set_config_int("VersionMap.ReloadInterval",
-                           _DEFAULT_RELOAD_NS if before is None else before)
+            set_config_int(name, default if before is None else before)
+
+
+def fresh_version_chains() -> contextlib.AbstractContextManager[None]:
+    """Within the block, every ArcticDB call reloads version chains instead of trusting the
+    ~2 s cache (default 2e9 ns), so a write sees what another process wrote just before."""
+    return _config_int("VersionMap.ReloadInterval", 0, 2_000_000_000)
+
+
+def short_storage_lock_wait() -> contextlib.AbstractContextManager[None]:
+    """ArcticDB waits ``StorageLock.WaitMs`` (1 s) before compacting a library's symbol list
+    the first time it is listed: 6 s to open a fresh root with six libraries. The writer holds
+    the lease while it creates them, so nobody else competes for that lock: wait 10 ms."""
+    return _config_int("StorageLock.WaitMs", 10, 1000)
 
 
 def refresh_version_cache() -> None:
