@@ -51,10 +51,18 @@ def _path(base: float, amplitude: float, period: int, steps: int, tick: float) -
     return out
 
 
-def demo_scenario(step_seconds: float = 0.25, first_order_id: int = 1) -> Scenario:
-    """One account, three instruments with scripted price paths stepping every ``step_seconds``."""
+def demo_scenario(step_seconds: float = 0.25, first_order_id: int = 1,
+                  run_ms: int = 0) -> Scenario:
+    """One account, three instruments with scripted price paths stepping every ``step_seconds``.
+
+    ``run_ms`` (the start time in ms) seeds the exchange's execId and permId counters: IB never
+    reuses an execId, and a second demo run into the same store must not either (the ledger
+    rightly rejects a known execId with other contents as a conflict).
+    """
     return Scenario.from_dict({
         "next_order_id": first_order_id,
+        "exec_seq_start": run_ms << 16,  # 65k executions per millisecond of start time
+        "perm_id_start": run_ms * 1000,
         "accounts": [ACCOUNT],
         "contracts": [
             {"con_id": STOCK_ID, "symbol": "AAPL", "sec_type": "STK", "exchange": "SMART",
@@ -294,21 +302,6 @@ def jupyter_snippet(arctic_uri: str) -> str:
             f'ac["fills"].read(ac["fills"].list_symbols()[0]).data')
 
 
-def _unique_ids(sim: GatewaySimulator, run_ms: int) -> None:
-    """Make this run's execIds and permIds differ from earlier runs' (same --data DIR).
-
-    IB never reuses an execId; a fresh simulator starts its counters at fixed values, so a
-    second demo run into the same store would send the first run's execIds with other
-    contents, which the ledger rightly rejects as conflicting. The simulator has no scenario
-    knob for its id counters yet, hence the attribute access (guarded).
-    """
-    exchange = sim.exchange
-    if hasattr(exchange, "_exec_seq"):
-        exchange._exec_seq = run_ms << 16  # 65k executions per millisecond of start time
-    if hasattr(exchange, "_next_perm_id"):
-        exchange._next_perm_id = run_ms * 1000
-
-
 def prepare_data_dir(data_dir: Path) -> Path:
     """The absolute data directory, created (synchronous: called once before the loop work)."""
     resolved = data_dir.resolve()
@@ -345,8 +338,7 @@ async def run_demo(
     run_ms = time.time_ns() // 1_000_000
     # Order ids are int32 at IB: seconds-based, 10k orders apart per second of start time.
     first_order_id = (run_ms // 1000) % 200_000 * 10_000 + 1
-    simulator = GatewaySimulator(demo_scenario(step_seconds, first_order_id), port=0)
-    _unique_ids(simulator, run_ms)
+    simulator = GatewaySimulator(demo_scenario(step_seconds, first_order_id, run_ms), port=0)
     async with _started(simulator) as sim:
         sm = StrategyManager()
         quotes = IBAdapter()

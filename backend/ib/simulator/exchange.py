@@ -119,8 +119,8 @@ class Exchange:
         self.path_index: dict[int, int] = dict.fromkeys(self.paths, 0)
         self.next_order_id = scenario.next_order_id
         known_perm = [o.perm_id for o in (*scenario.open_orders, *scenario.completed_orders)]
-        self._next_perm_id = max([1_000_000_000, *known_perm]) + 1
-        self._exec_seq = 0x6A5B0000
+        self._next_perm_id = max([scenario.perm_id_start, *known_perm]) + 1
+        self._exec_seq = scenario.exec_seq_start
 
     # ------------------------------------------------------------------ prices
 

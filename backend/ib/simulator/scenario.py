@@ -155,6 +155,10 @@ class Scenario:
     price_step_seconds: float | None = None
     loop_price_paths: bool = True
     next_order_id: int = 1
+    # Where the exchange's execId / permId counters start. IB never reuses an execId: a run
+    # that writes into an existing ledger must start past the previous run's ids.
+    exec_seq_start: int = 0x6A5B0000
+    perm_id_start: int = 1_000_000_000
     # exchange: commission per share/contract, minimum per fill, largest single fill (0 = all)
     commission_per_unit: float = 0.005
     commission_min: float = 1.0
