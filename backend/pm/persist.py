@@ -19,9 +19,12 @@ _STRATEGY_AT = 1  # position of "strategy" in a portfolio row
 
 def _residual_rows(store: Store, account: str, run_id: str) -> list[Row] | None:
     """The residual rows of ``portfolio/<account>`` when its latest version was written by
-    someone else (a reconciliation run); None when it is ours (our copy is current)."""
+    something other than a PortfolioManager (e.g. a script committing through the store);
+    None when a PortfolioManager wrote it: this one (our copy is current) or an earlier run,
+    whose residual rows recovery loaded (only one manager runs at a time: the lease)."""
+    del run_id  # any manager's version is accounted for
     meta = store.read_metadata(PORTFOLIO, account)
-    if meta is not None and meta.get("writer") == WRITER and meta.get("run_id") == run_id:
+    if meta is not None and meta.get("writer") == WRITER:
         return None
     frame = store.read(PORTFOLIO, account)
     return [r for r in frame_rows(frame, PORTFOLIO) if r[_STRATEGY_AT] == RESIDUAL]

@@ -228,7 +228,10 @@ class Books:
 
     def set_residuals(self, account: str, rows: list[Row], dirty: Dirty) -> None:
         self.residuals[account] = list(rows)
-        dirty.portfolio.setdefault(account, set())
+        # The symbol is rewritten whole: every instrument of the account must be in the book,
+        # also right after a restart, when nothing has been folded into it yet.
+        dirty.portfolio.setdefault(account, set()).update(
+            con_id for (acc, con_id) in self.account_con_keys if acc == account)
 
     def index_existing(self, key: PositionKey) -> None:
         if key in self.known_keys:

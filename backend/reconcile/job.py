@@ -107,8 +107,6 @@ class Books(Protocol):
 
     async def set_residuals(self, account: str, frame: pd.DataFrame) -> None: ...
 
-    def portfolio_frame(self, account: str) -> pd.DataFrame: ...
-
 
 @dataclass(frozen=True)
 class RunOptions:
@@ -310,10 +308,6 @@ async def run_once(
     written = books is not None and opts.write_portfolio
     if books is not None and opts.write_portfolio:
         for r in runs:
-            # Builds the manager's rows of every instrument of the account first: right after
-            # a restart its in-memory book is empty, and set_residuals alone would rewrite
-            # the symbol with the residual rows only (reported to the PortfolioManager owner).
-            books.portfolio_frame(r.account)
             # Always set (an empty frame clears residuals that are resolved now).
             await books.set_residuals(r.account, persist.portfolio_frame(
                 (p for p in r.priced if p.row.strategy == RESIDUAL), snap.taken_at))

@@ -406,3 +406,22 @@ async def test_manager_is_entered_once_and_refuses_messages_when_closed(uri: str
         async with pm:
             pass
     assert len(read(uri, FILLS, ACCOUNT)) == 1  # closing flushed what was received
+
+
+@pytest.mark.asyncio
+async def test_set_residuals_right_after_restart_keeps_the_strategy_rows(uri: str) -> None:
+    residual = pd.DataFrame({
+        "timestamp": [pd.Timestamp("2026-11-20 20:00")], "strategy": [RESIDUAL],
+        "con_id": [MSFT["conId"]], "symbol": ["MSFT"], "sec_type": ["STK"],
+        "currency": ["USD"], "multiplier": [1.0], "qty": [7.0], "avg_cost": [400.0],
+        "realized_pnl": [0.0], "unrealized_pnl": [float("nan")], "mark_price": [float("nan")],
+        "source": ["reconciliation"]})
+    async with PortfolioManager(uri) as pm:
+        await pm.process_message(fill_msg("alpha", ib_fill(1, "BOT", 10, 100.0)))
+        await pm.flush()
+    async with PortfolioManager(uri) as pm:  # nothing folded since the restart
+        await pm.set_residuals(ACCOUNT, residual)
+        await pm.flush()
+    port = read(uri, PORTFOLIO, ACCOUNT)
+    assert port["strategy"].tolist() == ["alpha", RESIDUAL]
+    assert port["qty"].tolist() == [10.0, 7.0]

@@ -14,8 +14,6 @@ import json
 import math
 from typing import Any
 
-import pytest
-
 from backend.ib.simulator import (
     CommissionSpec,
     ExecutionSpec,
