@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -148,7 +149,11 @@ def _obj(parent: Any, name: str, path: str) -> Any:
 
 
 def _str(parent: Any, name: str, path: str, default: Any = _MISSING) -> str:
-    value = _get(parent, name, path, default)
+    # ib_async objects (known attribute types): one getattr, no helper call.
+    value = (getattr(parent, name, _MISSING) if type(parent) in _ATTRIBUTE_TYPES
+             else _MISSING)
+    if value is _MISSING:
+        value = _get(parent, name, path, default)
     if type(value) is str:
         return value
     if not isinstance(value, str):
@@ -157,7 +162,10 @@ def _str(parent: Any, name: str, path: str, default: Any = _MISSING) -> str:
 
 
 def _int(parent: Any, name: str, path: str, default: Any = _MISSING) -> int:
-    value = _get(parent, name, path, default)
+    value = (getattr(parent, name, _MISSING) if type(parent) in _ATTRIBUTE_TYPES
+             else _MISSING)
+    if value is _MISSING:
+        value = _get(parent, name, path, default)
     if type(value) is int:
         return value
     if isinstance(value, bool) or not isinstance(value, int):
@@ -169,7 +177,10 @@ def _int(parent: Any, name: str, path: str, default: Any = _MISSING) -> int:
 
 def _num(parent: Any, name: str, path: str, default: Any = _MISSING) -> float:
     """A float; ib_async's UNSET_DOUBLE and None read as NaN (unknown)."""
-    value = _get(parent, name, path, default)
+    value = (getattr(parent, name, _MISSING) if type(parent) in _ATTRIBUTE_TYPES
+             else _MISSING)
+    if value is _MISSING:
+        value = _get(parent, name, path, default)
     if type(value) is float:
         if value >= _UNSET_LIMIT:
             return NAN
@@ -206,7 +217,42 @@ def _time(value: Any, field: str) -> datetime:
 _instruments: dict[tuple[object, ...], Instrument] = {}
 
 
+# Contract fields an Instrument is made of, in the order of the cache key below.
+_CONTRACT_FIELDS = ("conId", "symbol", "secType", "currency", "multiplier", "exchange",
+                    "lastTradeDateOrContractMonth", "strike", "right", "localSymbol")
+_read_contract = operator.attrgetter(*_CONTRACT_FIELDS)
+# Raw field values of contract OBJECTS already validated -> their Instrument: an ib_async
+# Contract is read with one C-level attrgetter and one dict lookup instead of ten checked reads.
+_by_raw: dict[tuple[Any, ...], Instrument] = {}
+
+
 def _instrument(contract: Any, path: str, *, allow_unqualified: bool = False) -> Instrument | None:
+    if type(contract) in _ATTRIBUTE_TYPES:
+        try:
+            raw = _read_contract(contract)
+            # Exact types only: True == 1 and 1 == 1.0 must not reuse an entry validated for
+            # another type (a bool conId is refused by the checked path).
+            cached = _by_raw.get(raw) if _exact(raw) else None
+        except (AttributeError, TypeError):  # a missing field or an unhashable value
+            raw, cached = None, None
+        if cached is not None:
+            return cached
+        inst = _checked_instrument(contract, path, allow_unqualified=allow_unqualified)
+        if inst is not None and raw is not None and _exact(raw):
+            if len(_by_raw) > 100_000:  # a bound, not a policy: contracts are few
+                _by_raw.clear()
+            _by_raw[raw] = inst
+        return inst
+    return _checked_instrument(contract, path, allow_unqualified=allow_unqualified)
+
+
+def _exact(raw: tuple[Any, ...]) -> bool:
+    """The numeric fields have ib_async's own types (other fields equal only as str)."""
+    return type(raw[0]) is int and type(raw[4]) is str and type(raw[7]) is float
+
+
+def _checked_instrument(contract: Any, path: str, *, allow_unqualified: bool
+                        ) -> Instrument | None:
     con_id = _int(contract, "conId", path)
     if con_id <= 0:
         if allow_unqualified and con_id == 0:
