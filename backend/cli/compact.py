@@ -3,7 +3,8 @@
 Compacts fragmented journal symbols (many small appended segments make reads and appends slow)
 and optionally prunes old versions (never the latest ``N``, never those in a snapshot, never
 younger than the grace period). Takes the writer lease: run it when the PortfolioManager is
-stopped (the live writer compacts its own symbols inline every few hundred writes).
+stopped (the live writer compacts each journal symbol inline every ``compact_every`` writes to
+it, 100 by default).
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """``portfolio snapshot --arctic URI [--name eod-YYYY-MM-DD]``: a named snapshot of every library.
 
 Readers then see that day's state with ``read(..., as_of="eod-2026-11-20")``. Takes the writer
-lease (a running PortfolioManager takes its end-of-day snapshot itself).
+lease, so it refuses (exit 2) while a PortfolioManager runs on the root. To snapshot while the
+manager runs, call it in the manager's process: ``await pm.snapshot("eod-2026-11-20")`` (it
+flushes first, then pins every library, and returns the name).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         store = open_store(args.arctic)
     except WriterLeaseError as exc:
-        print(f"cannot snapshot: {exc}")
+        print(f"cannot snapshot: {exc}\n(a running PortfolioManager takes it with "
+              "'await pm.snapshot(name)' in its own process)")
         return 2
     try:
         with progress_bar(f"snapshot {name}") as report:

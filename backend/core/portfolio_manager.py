@@ -7,6 +7,7 @@
         pm.subscribe(strategy_manager)  # any object with a .message_queue (asyncio.Queue)
         await pm.process_message(msg)   # direct path, same semantics
         await pm.flush()                # every message received so far is durable
+        await pm.snapshot("eod-2026-11-20")  # flush, then pin every library (as_of=...)
 
 How a message travels (docs/events.md has the contract and the rules):
 
@@ -307,6 +308,24 @@ class PortfolioManager:
                 await self._progress.wait()
         finally:
             self._flushing -= 1
+
+    async def snapshot(self, name: str | None = None) -> str:
+        """Flush, then take the named snapshot of every library (default ``eod-<today, UTC>``)
+        and return its name: readers then use ``read(..., as_of=name)``.
+
+        This is how to snapshot while the manager runs (``portfolio snapshot`` needs the writer
+        lease this manager holds). The snapshot holds every message received before the call
+        (perhaps a few newer facts too); libraries are pinned one after the other. Raises
+        :class:`PersistError` like ``flush`` and ``StorageError`` for a name already taken.
+        """
+        if not self._open:
+            raise InvalidInputError("snapshot: the PortfolioManager is not open (async with)")
+        snap = name if name is not None else f"eod-{datetime.now(UTC):%Y-%m-%d}"
+        await self.flush()
+        store = self.store
+        await anyio.to_thread.run_sync(store.snapshot, snap, limiter=self._store_limiter)
+        self.log.info("snapshot %r taken", snap)
+        return snap
 
     # ------------------------------------------------------------------ ingesting
     def _prepare(self, msg: Any, received: float) -> tuple[str, _Event]:

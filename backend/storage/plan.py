@@ -14,7 +14,9 @@ date range). The rules:
 * a correction (a row whose key is stored) removes the stored row wherever it is and inserts the
   new one at its own time; a late row never replaces a different row sharing its time, because
   new times are made unique against every stored time first (nanosecond offsets);
-* rows reach ArcticDB sorted and unique, always (unsorted data poisons a symbol).
+* rows reach ArcticDB sorted and unique, always (unsorted data poisons a symbol): the index
+  is normalized by :mod:`backend.storage.index` (``to_utc_index`` and ``normalize_rows`` in
+  :func:`prepare`, ``assign_unique`` against stored times in :func:`plan_journal`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,14 @@ import pandas as pd
 from backend.errors import SchemaMismatchError
 from backend.storage.api import SymbolWrite
 from backend.storage.frames import conform, empty_frame
-from backend.storage.index import Occupied, assign_unique, ns_index, times_ns, to_utc_index
+from backend.storage.index import (
+    Occupied,
+    assign_unique,
+    normalize_rows,
+    ns_index,
+    times_ns,
+    to_utc_index,
+)
 from backend.storage.schema import JOURNAL_LIBRARIES, KEY_COLUMNS, STATE_LIBRARIES
 
 
@@ -39,7 +48,8 @@ class Prepared:
 
     library: str
     symbol: str
-    rows: pd.DataFrame | None  # journal: schema layout, UTC index, sorted, keys deduplicated
+    rows: pd.DataFrame | None  # journal: schema layout, UTC index sorted and unique
+    # within the batch (index.normalize_rows), keys deduplicated
     state: pd.DataFrame | None  # state: schema layout, RangeIndex
     metadata: Mapping[str, Any] | None
 
@@ -156,10 +166,10 @@ def prepare(
         if p.rows is not None:
             rows = p.rows
             key_col = KEY_COLUMNS.get(p.library)
-            if key_col is not None:
+            if key_col is not None:  # before sorting: the last row of a key in commit order
                 rows = rows[~rows[key_col].duplicated(keep="last")]
-            order = np.argsort(times_ns(rows.index), kind="stable")
-            p = Prepared(p.library, p.symbol, rows.iloc[order], None, p.metadata)
+            # sorted and unique within the batch; against stored times in plan_journal
+            p = Prepared(p.library, p.symbol, normalize_rows(rows), None, p.metadata)
         out.append(p)
     return out
 

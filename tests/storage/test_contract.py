@@ -11,6 +11,8 @@ import pytest
 
 from backend.errors import InvalidFieldError, SchemaMismatchError, StorageError
 from backend.storage import Store, SymbolWrite, open_store
+from backend.storage.arctic import ArcticStore
+from backend.storage.memory import MemoryStore
 from backend.storage.schema import LIBRARIES, SCHEMAS, STATE_LIBRARIES
 
 from .conftest import store_uri
@@ -73,8 +75,28 @@ def test_equal_times_get_nanosecond_offsets_in_batch_and_against_the_tail(store:
     base = ts(t)
     assert times(store) == [base, base + pd.Timedelta(1, "ns"), base + pd.Timedelta(2, "ns")]
     assert prices(store) == [("a", 1.0), ("b", 2.0), ("c", 3.0)]
-    # the offsets survive reopening (read back from storage, not from a cache)
     assert store.read("fills", "U1").index.is_unique
+
+
+def test_offsets_survive_reopening_and_a_reopened_writer_avoids_them(tmp_path: Path) -> None:
+    """On lmdb:// (mem:// and memory:// are fresh at every open): a new writer knows the stored
+    times only from storage, and still puts an equal time after the stored offsets."""
+    uri = store_uri("lmdb", tmp_path)
+    t = "2026-01-01 10:00"
+    base = ts(t)
+    first = open_store(uri)
+    try:
+        first.commit([SymbolWrite("fills", "U1", rows=fills([(t, "a", 1.0), (t, "b", 2.0)]))])
+    finally:
+        first.close()
+    again = open_store(uri)
+    try:
+        assert times(again) == [base, base + pd.Timedelta(1, "ns")]
+        again.commit([SymbolWrite("fills", "U1", rows=fills([(t, "c", 3.0)]))])
+        assert times(again) == [base + pd.Timedelta(n, "ns") for n in range(3)]
+        assert prices(again) == [("a", 1.0), ("b", 2.0), ("c", 3.0)]
+    finally:
+        again.close()
 
 
 def test_late_row_is_inserted_without_touching_neighbours(store: Store) -> None:
@@ -160,17 +182,31 @@ def test_unkeyed_rejects_keep_every_row(store: Store) -> None:
     assert got.index.is_monotonic_increasing
 
 
+def _versions(store: Store, library: str, symbol: str) -> list[int]:
+    assert isinstance(store, ArcticStore | MemoryStore)
+    return store.list_versions(library, symbol)
+
+
 def test_many_symbols_in_one_commit(store: Store) -> None:
-    writes = [
-        SymbolWrite("fills", f"U{i}", rows=fills([("2026-01-01", f"e{i}", float(i))]))
-        for i in range(5)
-    ]
+    def three_rows(day: str, prefix: str, i: int) -> pd.DataFrame:
+        return fills([(f"{day} 10:0{j}", f"{prefix}{i}-{j}", float(i)) for j in range(3)])
+
+    writes = [SymbolWrite("fills", f"U{i}", rows=three_rows("2026-01-01", "e", i))
+              for i in range(5)]
     writes.append(SymbolWrite("positions", "alpha", state=positions([1.0, 0.0])))
     store.commit(writes)
-    store.commit([SymbolWrite("fills", f"U{i}", rows=fills([("2026-01-02", f"f{i}", 1.0)]))
+    # one write per symbol: one version each, whatever the number of rows
+    assert all(_versions(store, "fills", f"U{i}") == [0] for i in range(5))
+    assert _versions(store, "positions", "alpha") == [0]
+    store.commit([SymbolWrite("fills", f"U{i}", rows=three_rows("2026-01-02", "f", i))
                   for i in range(5)])
+    # one append per symbol: one more version each; the state symbol was not touched
+    assert all(_versions(store, "fills", f"U{i}") == [0, 1] for i in range(5))
+    assert _versions(store, "positions", "alpha") == [0]
     assert store.list_symbols("fills") == [f"U{i}" for i in range(5)]
-    assert all(len(store.read("fills", f"U{i}")) == 2 for i in range(5))
+    for i in range(5):
+        assert list(store.read("fills", f"U{i}")["exec_id_base"]) == [
+            f"{p}{i}-{j}" for p in "ef" for j in range(3)]
     assert list(store.read("positions", "alpha")["qty"]) == [1.0, 0.0]
 
 

@@ -1,15 +1,22 @@
-"""The index-normalization helper on its own."""
+"""Index normalization (backend/storage/index.py) on its own, and that the persistence path
+uses it."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from backend.errors import InvalidFieldError, UnsortedIndexError
+from backend.storage import SymbolWrite, plan
 from backend.storage.index import Occupied, assign_unique, normalize_rows, to_utc_index
+
+from .rows import fills, positions
 
 
 def test_naive_takes_the_declared_zone_and_aware_goes_to_utc() -> None:
@@ -52,3 +59,62 @@ def test_normalize_rows_sorts_stably_and_keeps_input_order_of_ties() -> None:
     out = normalize_rows(frame)
     assert list(out["v"]) == ["first", "second", "late"]
     assert list(out.index) == [t, t + pd.Timedelta(1, "ns"), t + pd.Timedelta(seconds=1)]
+
+
+def test_normalize_rows_leaves_its_input_alone_and_refuses_naive_without_zone() -> None:
+    t = pd.Timestamp("2026-01-01 09:30")
+    frame = pd.DataFrame({"v": ["b", "a"]}, index=pd.DatetimeIndex([t, t - pd.Timedelta(1)]))
+    out = normalize_rows(frame, naive_tz="America/New_York")
+    assert list(out["v"]) == ["a", "b"]
+    assert out.index[1] == pd.Timestamp("2026-01-01 14:30", tz="UTC")
+    assert frame.index.tz is None  # a new frame: the caller's frame is unchanged
+    assert list(frame["v"]) == ["b", "a"]
+    with pytest.raises(InvalidFieldError, match="naive"):
+        normalize_rows(frame)
+
+
+def test_the_persistence_path_normalizes_with_normalize_rows(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``plan.prepare`` (both stores' commit path) calls index.normalize_rows once per journal
+    symbol of a commit, after merging its writes: one module owns index normalization."""
+    seen: list[list[str]] = []
+
+    def spy(frame: pd.DataFrame, **kwargs: Any) -> pd.DataFrame:
+        seen.append(list(frame["exec_id_base"]))
+        return normalize_rows(frame, **kwargs)
+
+    monkeypatch.setattr(plan, "normalize_rows", spy)
+    t = "2026-01-01 10:00"
+    prepared = plan.prepare([
+        SymbolWrite("fills", "U1", rows=fills([(t, "b", 2.0), ("2026-01-01 09:00", "a", 1.0)])),
+        SymbolWrite("fills", "U1", rows=fills([(t, "c", 3.0)])),
+        SymbolWrite("fills", "U2", rows=fills([(t, "x", 1.0)])),
+        SymbolWrite("positions", "alpha", state=positions([1.0])),
+    ])
+    assert seen == [["b", "a", "c"], ["x"]]  # merged in commit order, then normalized
+    (u1, u2, state) = prepared
+    assert u1.rows is not None
+    assert u2.rows is not None
+    assert list(u2.rows.index) == [pd.Timestamp(t, tz="UTC")]
+    assert state.rows is None  # state symbols have a RangeIndex: nothing to normalize
+    assert list(u1.rows["exec_id_base"]) == ["a", "b", "c"]
+    base = pd.Timestamp(t, tz="UTC")
+    assert list(u1.rows.index) == [pd.Timestamp("2026-01-01 09:00", tz="UTC"), base,
+                                   base + pd.Timedelta(1, "ns")]
+
+
+@given(
+    raw=st.lists(st.integers(0, 40), min_size=0, max_size=30).map(sorted),
+    stored=st.lists(st.integers(0, 60), max_size=30),
+)
+@settings(max_examples=300, deadline=None)
+def test_batch_offsets_then_stored_offsets_equal_one_pass(raw: list[int],
+                                                          stored: list[int]) -> None:
+    """What the two-step path (normalize_rows in prepare, then assign_unique against the
+    stored times in plan_journal) gives is what one pass over the raw times would give."""
+    times = np.array(raw, dtype=np.int64)
+    two_step = assign_unique(assign_unique(times), Occupied(stored))
+    one_pass = assign_unique(times, Occupied(stored))
+    assert two_step.tolist() == one_pass.tolist()
+    assert set(one_pass.tolist()).isdisjoint(stored)
+    assert all(a < b for a, b in zip(one_pass.tolist(), one_pass.tolist()[1:], strict=False))

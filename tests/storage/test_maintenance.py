@@ -124,3 +124,12 @@ def test_full_lmdb_map_fails_the_commit_and_a_larger_map_takes_the_retry(tmp_pat
         assert got["exec_id_base"].is_unique
     finally:
         big.close()
+
+
+def test_compact_cli_text_states_the_inline_default() -> None:
+    from backend.cli import compact
+    from backend.storage.handles import DEFAULT_COMPACT_EVERY
+
+    text = " ".join((compact.__doc__ or "").split())
+    expected = f"inline every ``compact_every`` writes to it, {DEFAULT_COMPACT_EVERY} by default"
+    assert expected in text
