@@ -16,15 +16,23 @@ Rules (each one is tested, several as Hypothesis properties):
   fill of its position triggers a refold of that position. Hence any delivery order of the same
   set of fills yields the same state, bit for bit (commission sums, added in delivery order,
   agree within the numeric tolerance of :mod:`backend.core.model`).
+* Restored keys (restart): a position may be restored from its stored state
+  (:meth:`Ledger.restore`) with its fills left unread. Its executions are still known (a
+  re-delivered fill or a late commission report for one of them is recognised), and new fills
+  in canonical order fold onto the restored state. Anything that needs the fills themselves
+  (a duplicate to compare, a correction, an out-of-order fill, a commission report for one of
+  them, a query for them) first loads them and refolds the key from its fills: the restored
+  state is a cache of the fold, never a second truth.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from itertools import repeat
 
 from backend.core.model import NAN, CommissionReport, Fill, PositionKey, parse_exec_id
 from backend.core.position import Position, apply_fill, empty_position, fold
@@ -72,6 +80,30 @@ class CommissionTotals:
         return ",".join(ccy for ccy, _ in self.by_currency)
 
 
+@dataclass(frozen=True, slots=True)
+class RestoredKey:
+    """A position restored from its stored state, its fills not read (see :meth:`Ledger.restore`).
+
+    ``exec_ids``, ``bases`` and ``revisions`` (parallel) identify its live fills;
+    ``commissions`` the known commissions per currency as (sum, number of reports) and
+    ``pending`` how many of them lack a report; ``last_sort`` the canonical sort key of its
+    last fill and ``last_price`` that fill's price (its observation of the mark). ``load``
+    returns the fills, with
+    their commission report or None, when they are needed: it must return exactly the
+    executions listed (the caller checked the stored state against them).
+    """
+
+    position: Position
+    last_sort: tuple[datetime, str]
+    last_price: float
+    exec_ids: Sequence[str]
+    bases: Sequence[str]
+    revisions: Sequence[int]
+    commissions: dict[str, tuple[float, int]]
+    pending: int
+    load: Callable[[], Iterable[tuple[Fill, CommissionReport | None]]]
+
+
 class Ledger:
     """In-memory state of the books. Pure: no I/O, no clocks."""
 
@@ -82,18 +114,86 @@ class Ledger:
         self._by_key: dict[PositionKey, dict[str, Fill]] = {}
         self._positions: dict[PositionKey, Position] = {}
         self._last_sort: dict[PositionKey, tuple[datetime, str]] = {}
+        self._last_price: dict[PositionKey, float] = {}  # price of that last fill
         self._commissions: dict[str, CommissionReport] = {}
         # exec_id -> live fill key, to attribute late commission reports
         self._exec_key: dict[str, PositionKey] = {}
-        self._comm: dict[PositionKey, dict[str, float]] = {}
+        # position -> currency -> (sum of known commissions, how many reports): a currency
+        # whose last report is corrected away disappears (a sum that only cancelled to 0.0
+        # would otherwise read as a known zero commission).
+        self._comm: dict[PositionKey, dict[str, tuple[float, int]]] = {}
         self._pending: dict[PositionKey, int] = {}
-        # con_id -> ((time, tie-break), price): the newest observation wins, ties by exec_id,
-        # so marks too are independent of delivery order.
+        # con_id -> ((time, tie-break), price): the mark is the newest observation among the
+        # quotes (set_mark) and the LIVE fills (ties by exec_id), so marks too are independent
+        # of delivery order: a fill corrected away stops being an observation.
         self._marks: dict[int, tuple[tuple[datetime, str], float]] = {}
+        self._quotes: dict[int, tuple[tuple[datetime, str], float]] = {}  # newest quote
+        # Restored keys whose fills are not loaded yet: key -> loader, and their executions
+        # by (account, base) -> (key, revision) and by exec_id -> key.
+        self._sealed: dict[PositionKey, RestoredKey] = {}
+        self._sealed_live: dict[tuple[str, str], tuple[PositionKey, int]] = {}
+        self._sealed_exec: dict[str, PositionKey] = {}
+
+    # -------------------------------------------------------------- restore
+    def restore(self, key: PositionKey, restored: RestoredKey) -> None:
+        """Take ``key``'s state as given (a stored position row checked against its fills),
+        without its fills. Only for a key this ledger has not seen."""
+        if key in self._positions or key in self._by_key:
+            raise ValueError(f"restore: key={key!r} is already in the ledger")
+        self._positions[key] = restored.position
+        self._last_sort[key] = restored.last_sort
+        self._last_price[key] = restored.last_price
+        self._set_mark(key.con_id, restored.last_price, restored.last_sort)
+        self._comm[key] = dict(restored.commissions)
+        self._pending[key] = restored.pending
+        self._sealed[key] = restored
+        # C-level loops: a restart restores up to millions of executions this way.
+        self._sealed_live.update(zip(zip(repeat(key.account), restored.bases, strict=False),
+                                     zip(repeat(key), restored.revisions, strict=False),
+                                     strict=True))
+        self._sealed_exec.update(dict.fromkeys(restored.exec_ids, key))
+
+    def _unseal(self, key: PositionKey) -> None:
+        """Load a restored key's fills and refold it from them."""
+        restored = self._sealed.pop(key, None)
+        if restored is None:
+            return
+        fills = self._by_key.setdefault(key, {})  # fills folded on top since the restore
+        for fill, report in restored.load():
+            ident = (fill.account, fill.exec_id_base)
+            self._sealed_live.pop(ident, None)
+            self._sealed_exec.pop(fill.exec_id, None)
+            self._live[ident] = fill
+            fills[fill.exec_id_base] = fill
+            self._exec_key[fill.exec_id] = key
+            if report is not None and fill.exec_id not in self._commissions:
+                self._commissions[fill.exec_id] = report
+        for exec_id, base in zip(restored.exec_ids, restored.bases, strict=True):
+            # the loader's duty; never trust it blindly
+            if self._sealed_live.pop((key.account, base), None) is not None:
+                raise ValueError(f"restore: exec_id={exec_id!r} of key={key!r} was not loaded")
+            self._sealed_exec.pop(exec_id, None)
+        self._comm[key], self._pending[key] = {}, 0
+        for fill in fills.values():
+            self._count_commission(key, fill.exec_id, +1)
+        self._refold(key)
+
+    def _unseal_all(self) -> None:
+        for key in list(self._sealed):
+            self._unseal(key)
+
+    @property
+    def restored_keys(self) -> int:
+        """How many restored keys still have their fills unread."""
+        return len(self._sealed)
 
     # ----------------------------------------------------------------- fills
     def apply_fill(self, fill: Fill) -> FillResult:
         ident = (fill.account, fill.exec_id_base)
+        if self._sealed_live:
+            sealed = self._sealed_live.get(ident)
+            if sealed is not None:  # an execution of a restored key: compare with the real one
+                self._unseal(sealed[0])
         live = self._live.get(ident)
         if live is not None:
             if live.exec_id == fill.exec_id:
@@ -121,10 +221,14 @@ class Ledger:
             position = self._positions.get(key) or empty_position(fill)
             self._positions[key] = apply_fill(position, fill)
             self._last_sort[key] = sort_key
+            self._last_price[key] = fill.price
         else:
             self._refold(key)
 
     def _correct(self, old: Fill, new: Fill) -> FillResult:
+        # The old fill may sit in a restored key beside unread fills: read them first, so
+        # that removing it leaves the key's other fills in place.
+        self._unseal(old.key)
         self._live[(new.account, new.exec_id_base)] = new
         old_key, new_key = old.key, new.key
         old_fills = self._by_key[old_key]
@@ -138,22 +242,35 @@ class Ledger:
             del self._by_key[old_key]
             self._positions.pop(old_key, None)
             self._last_sort.pop(old_key, None)
+            self._last_price.pop(old_key, None)
         self._add_to_key(new_key, new)
         # A correction can move the price: refold so the position reflects the new facts
         # even when the corrected fill keeps its place in canonical order.
         self._refold(new_key)
         self._update_mark(new)
+        marked = self._marks.get(old.con_id)
+        if marked is not None and marked[0] == old.sort_key():
+            self._remark(old.con_id)  # the mark was the replaced fill's observation
         affected = (old_key,) if old_key == new_key else (old_key, new_key)
         return FillResult(FillOutcome.CORRECTION, new, old, affected)
 
     def _refold(self, key: PositionKey) -> None:
+        if key in self._sealed:
+            self._unseal(key)  # ends with a refold over every fill of the key
+            return
         fills = list(self._by_key[key].values())
         position = fold(fills)
         self._positions[key] = position
-        self._last_sort[key] = max(f.sort_key() for f in fills)
+        last = max(fills, key=Fill.sort_key)
+        self._last_sort[key] = last.sort_key()
+        self._last_price[key] = last.price
 
     # ----------------------------------------------------------- commissions
     def apply_commission(self, report: CommissionReport) -> CommissionOutcome:
+        if self._sealed_exec:
+            sealed = self._sealed_exec.get(report.exec_id)
+            if sealed is not None:
+                self._unseal(sealed)
         known = self._commissions.get(report.exec_id)
         if known is not None:
             if _same_report(known, report):
@@ -176,14 +293,26 @@ class Ledger:
             self._pending[key] = self._pending.get(key, 0) + sign
             return
         by_ccy = self._comm.setdefault(key, {})
-        by_ccy[report.currency] = by_ccy.get(report.currency, 0.0) + sign * report.commission
+        total, n = by_ccy.get(report.currency, (0.0, 0))
+        if n + sign == 0:
+            del by_ccy[report.currency]
+        else:
+            by_ccy[report.currency] = (total + sign * report.commission, n + sign)
 
     def commission_for(self, exec_id: str) -> CommissionReport | None:
+        sealed = self._sealed_exec.get(exec_id)
+        if sealed is not None:
+            self._unseal(sealed)
         return self._commissions.get(exec_id)
 
     def commissions(self, key: PositionKey) -> CommissionTotals:
-        by_ccy = tuple(sorted(self._comm.get(key, {}).items()))
+        by_ccy = tuple(sorted((ccy, total) for ccy, (total, _) in
+                              self._comm.get(key, {}).items()))
         return CommissionTotals(by_ccy, self._pending.get(key, 0))
+
+    def commission_counts(self, key: PositionKey) -> dict[str, tuple[float, int]]:
+        """Known commissions of a position per currency as (sum, number of reports)."""
+        return dict(self._comm.get(key, {}))
 
     # ----------------------------------------------------------------- marks
     def _update_mark(self, fill: Fill) -> None:
@@ -191,7 +320,24 @@ class Ledger:
 
     def set_mark(self, con_id: int, price: float, at: datetime) -> None:
         """Record a market price (a quote); the newest observation, fills included, wins."""
-        self._set_mark(con_id, price, (at, ""))
+        order = (at, "")
+        quote = self._quotes.get(con_id)
+        if quote is None or order >= quote[0]:
+            self._quotes[con_id] = (order, price)
+        self._set_mark(con_id, price, order)
+
+    def _remark(self, con_id: int) -> None:
+        """Recompute a mark from the newest quote and the newest live fill of every position
+        in ``con_id`` (rare: only after a correction removed the observation it came from)."""
+        candidates = [(self._last_sort[k], self._last_price[k]) for k in self._last_sort
+                      if k.con_id == con_id]
+        quote = self._quotes.get(con_id)
+        if quote is not None:
+            candidates.append(quote)
+        if candidates:
+            self._marks[con_id] = max(candidates, key=lambda c: c[0])
+        else:
+            self._marks.pop(con_id, None)
 
     def _set_mark(self, con_id: int, price: float, order: tuple[datetime, str]) -> None:
         current = self._marks.get(con_id)
@@ -212,23 +358,37 @@ class Ledger:
     def keys(self) -> Iterable[PositionKey]:
         return self._positions.keys()
 
+    def last_fill_time(self, key: PositionKey) -> datetime | None:
+        """Execution time of the key's last fill in canonical order."""
+        last = self._last_sort.get(key)
+        return last[0] if last is not None else None
+
     def fills(self) -> Iterator[Fill]:
+        self._unseal_all()
         return iter(self._live.values())
 
     def fills_of(self, key: PositionKey) -> list[Fill]:
+        self._unseal(key)
         return sorted(self._by_key.get(key, {}).values(), key=Fill.sort_key)
 
     def live_fill(self, account: str, exec_id: str) -> Fill | None:
-        return self._live.get((account, parse_exec_id(exec_id)[0]))
+        ident = (account, parse_exec_id(exec_id)[0])
+        sealed = self._sealed_live.get(ident)
+        if sealed is not None:
+            self._unseal(sealed[0])
+        return self._live.get(ident)
 
     def knows(self, account: str, exec_id: str) -> bool:
         """True when this exact exec_id (or a later revision of it) is already journaled."""
         base, revision = parse_exec_id(exec_id)
+        sealed = self._sealed_live.get((account, base))
+        if sealed is not None:
+            return sealed[1] >= revision
         live = self._live.get((account, base))
         return live is not None and live.revision >= revision
 
     def __len__(self) -> int:
-        return len(self._live)
+        return len(self._live) + len(self._sealed_live)
 
 
 def _same_report(a: CommissionReport, b: CommissionReport) -> bool:

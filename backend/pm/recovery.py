@@ -1,9 +1,11 @@
 """Restart recovery: rebuild the books from ArcticDB, then replay the journal tail.
 
-1. ``fills`` (every account, full replay in canonical order) -> ledger, commission reports and
-   the dedupe index, so a duplicate delivered after a restart is still a no-op. A full replay
-   is chosen over "positions rows + newer fills": it is always right (the positions rows are
-   derived and may lag after a crash) and costs seconds per million fills (docs/events.md).
+1. ``positions`` rows checked against ``fills`` -> the ledger (:mod:`backend.pm.restore`): a
+   key whose row is the fold of its stored fills is restored from the row, its fills unread
+   but its executions known (so a duplicate delivered after a restart is still a no-op); a
+   key with newer fills than the row's watermark, or any disagreement, is refolded from its
+   fills and its rows are rewritten. Then the portfolio book is rebuilt for every account
+   (a later targeted upsert rewrites the symbol whole, untouched instruments included).
 2. ``orders`` -> the status-event dedupe index (event_key -> content).
 3. ``portfolio`` -> the residual rows reconciliation wrote (kept on every rewrite).
 4. ``rejects`` -> the seqs already stored (a replayed reject is not written twice).
@@ -21,37 +23,18 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from backend.pm.rows import fills_from_frame, frame_rows
+from backend.pm.restore import restore_fills
+from backend.pm.rows import frame_rows
 from backend.pm.state import Books, Dirty
 from backend.storage.api import Store
 from backend.storage.journal import Journal
-from backend.storage.schema import FILLS, ORDERS, PORTFOLIO, POSITIONS, REJECTS
+from backend.storage.schema import ORDERS, PORTFOLIO, POSITIONS, REJECTS
 
 Fold = Callable[[int, str, float], None]
 
 
 def _none_if_nan(x: Any) -> Any:
     return None if isinstance(x, float) and math.isnan(x) else x
-
-
-def load_fills(store: Store, books: Books) -> int:
-    """Rebuild the ledger from ``fills``; returns the highest seq stored."""
-    top = 0
-    ledger = books.ledger
-    seen: set[tuple[str, str, int]] = set()
-    for account in store.list_symbols(FILLS):
-        frame = store.read(FILLS, account)
-        for fill, report, seq in fills_from_frame(frame, account):
-            ledger.apply_fill(fill)
-            if report is not None:
-                ledger.apply_commission(report)
-            ident = (fill.account, fill.strategy, fill.instrument.con_id)
-            if ident not in seen:
-                seen.add(ident)
-                books.index_existing(fill.key)
-            if seq > top:
-                top = seq
-    return top
 
 
 def load_orders(store: Store, books: Books) -> int:
@@ -82,7 +65,7 @@ def load_rejects(store: Store, after: int) -> tuple[int, set[int]]:
 def recover_books(store: Store, journal: Journal, books: Books, dirty: Dirty, *, fold: Fold,
                   log: logging.LoggerAdapter) -> int:  # type: ignore[type-arg]
     """Rebuild ``books`` and replay the journal; returns how many entries were replayed."""
-    top = load_fills(store, books)
+    top, restored = restore_fills(store, books, log)
     top = max(top, load_orders(store, books))
     rejects_top, stored_rejects = load_rejects(store, journal.durable_seq)
     top = max(top, rejects_top)
@@ -107,8 +90,14 @@ def recover_books(store: Store, journal: Journal, books: Books, dirty: Dirty, *,
             del dirty.rejects[symbol]
     if replayed or lost:
         books.touch_all(dirty)
+    else:
+        dirty.strategies |= restored.stale_strategies
+        for account, con_id in restored.stale_portfolio:
+            dirty.portfolio.setdefault(account, set()).add(con_id)
+    books.rebuild_portfolio()
     dirty.seq = max(dirty.seq, journal.last_seq)
-    log.info("recovered %d fills, %d order events; replayed %d journal entries",
-             len(books.ledger), len(books.orders_seen), replayed)
+    log.info("recovered %d fills (%d positions restored from their rows, %d refolded from "
+             "fills), %d order events; replayed %d journal entries", len(books.ledger),
+             restored.restored, restored.refolded, len(books.orders_seen), replayed)
     return replayed
 

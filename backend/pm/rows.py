@@ -65,7 +65,8 @@ def position_row(pos: Position, totals: CommissionTotals, mark: float, last_upda
     return (
         pos.key.account, i.symbol, i.con_id, i.sec_type, i.currency, i.multiplier, pos.qty,
         pos.avg_cost, pos.realized_pnl, totals.total, totals.currency, totals.pending,
-        pos.unrealized_pnl(mark), mark, pos.fill_count, last_updated, pos.last_exec_id, watermark,
+        pos.unrealized_pnl(mark), mark, pos.fill_count, last_updated, pos.last_exec_id,
+        pos.open_price_min, pos.open_price_max, watermark,
     )
 
 
@@ -120,6 +121,18 @@ def frame_rows(frame: pd.DataFrame, library: str) -> list[Row]:
     return list(zip(*cols, strict=True)) if cols and len(frame) else []
 
 
+def _instrument(con_id: Any, symbol: str, sec_type: str, currency: str, multiplier: Any,
+                expiry: str, strike: Any, right: str) -> Instrument:
+    return Instrument(int(con_id), symbol, sec_type, currency, float(multiplier),
+                      expiry=expiry, strike=float(strike), right=right)
+
+
+def instrument_of(row: pd.Series) -> Instrument:
+    """The instrument of one stored ``fills`` row."""
+    return _instrument(row["con_id"], row["symbol"], row["sec_type"], row["currency"],
+                       row["multiplier"], row["expiry"], row["strike"], row["right"])
+
+
 def fills_from_frame(frame: pd.DataFrame, account: str
                      ) -> Iterator[tuple[Fill, CommissionReport | None, int]]:
     """Stored ``fills`` rows -> (fill, commission report or None, seq), in canonical order."""
@@ -140,9 +153,7 @@ def fills_from_frame(frame: pd.DataFrame, account: str
         ident = (con_id, symbol, sec_type, currency, multiplier, expiry, strike, right)
         inst = instruments.get(ident)
         if inst is None:
-            inst = Instrument(int(con_id), symbol, sec_type, currency, float(multiplier),
-                              expiry=expiry, strike=float(strike), right=right)
-            instruments[ident] = inst
+            inst = instruments[ident] = _instrument(*ident)
         when = at if at.tzinfo is not None else at.replace(tzinfo=UTC)
         fill = Fill(exec_id=exec_id, account=account, strategy=strategy, instrument=inst,
                     side=Side(side), qty=float(qty), price=float(price), time=when,

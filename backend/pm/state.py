@@ -159,9 +159,9 @@ class Books:
             dirty.portfolio.setdefault(account, set())
 
     # -------------------------------------------------------------- building
-    def _last_updated(self, account: str, exec_id: str) -> datetime:
-        fill = self.ledger.live_fill(account, exec_id) if exec_id else None
-        return fill.time if fill is not None else utc_now()
+    def _last_updated(self, key: PositionKey) -> datetime:
+        """Execution time of the position's last fill (in canonical order)."""
+        return self.ledger.last_fill_time(key) or utc_now()
 
     def position_rows(self, strategy: str, watermark: int) -> list[Row]:
         rows = []
@@ -172,7 +172,7 @@ class Books:
             if pos is None:
                 continue  # its only fill was corrected into another book
             rows.append(position_row(pos, ledger.commissions(key), ledger.mark(key.con_id),
-                                     self._last_updated(key.account, pos.last_exec_id),
+                                     self._last_updated(key),
                                      watermark))
         return rows
 
@@ -189,7 +189,16 @@ class Books:
                     book.pop(ident, None)  # zero-qty rows disappear from the portfolio
                 else:
                     book[ident] = portfolio_row(
-                        pos, mark, self._last_updated(account, pos.last_exec_id))
+                        pos, mark, self._last_updated(key))
+
+    def rebuild_portfolio(self) -> None:
+        """Every ledger row of every account's portfolio from the current state (after a
+        restart: the stored symbols are rewritten whole by later targeted upserts)."""
+        by_account: dict[str, set[int]] = {}
+        for account, con_id in self.account_con_keys:
+            by_account.setdefault(account, set()).add(con_id)
+        for account, con_ids in by_account.items():
+            self.update_portfolio(account, con_ids)
 
     def portfolio_rows(self, account: str) -> list[Row]:
         book = self.portfolio.get(account, {})

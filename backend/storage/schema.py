@@ -101,6 +101,11 @@ SCHEMAS: Final[dict[str, dict[str, str]]] = {
         "fill_count": I8,
         "last_updated": TS,
         "last_exec_id": STR,
+        # Price range of the fills that opened the current side (NaN when flat): with qty,
+        # avg_cost and realized_pnl, the whole fold state, so a restart restores the position
+        # without refolding its fills.
+        "open_price_min": F8,
+        "open_price_max": F8,
         "watermark": I8,
     },
     PORTFOLIO: {

@@ -141,8 +141,10 @@ def test_commission_of_corrected_fill_follows_the_correction() -> None:
     ledger.apply_fill(original)
     ledger.apply_commission(CommissionReport(original.exec_id, 1.0, "USD"))
     ledger.apply_fill(corrected)
-    assert ledger.commissions(original.key).by_currency == (("USD", 0.0),)
+    # the corrected execution's commission is not known yet: unknown, never a known 0.0
+    assert ledger.commissions(original.key).by_currency == ()
     assert ledger.commissions(original.key).pending == 1
+    assert math.isnan(ledger.commissions(original.key).total)
     ledger.apply_commission(CommissionReport(corrected.exec_id, 1.25, "USD"))
     assert ledger.commissions(original.key).total == 1.25
     assert ledger.commissions(original.key).pending == 0
@@ -205,3 +207,51 @@ def test_knows_exec_id_and_revisions() -> None:
     assert ledger.knows("DU111", f.exec_id[:-2] + "01")
     assert not ledger.knows("DU111", f.exec_id[:-2] + "03")
     assert not ledger.knows("DU222", f.exec_id)
+
+
+def test_correction_moved_earlier_stops_being_the_mark() -> None:
+    """The mark is the newest LIVE observation: a fill corrected away no longer counts, so
+    original-then-correction marks like the correction alone (or correction then original)."""
+    other = fill(1, "BUY", 10, 95)
+    original = fill(2, "BUY", 10, 100, seconds=10)
+    corrected = fill(2, "BUY", 10, 90, revision=2, seconds=5)
+    orders = ([other, original, corrected], [other, corrected], [other, corrected, original])
+    ledgers = []
+    for events in orders:
+        ledger = Ledger()
+        for f in events:
+            ledger.apply_fill(f)
+        ledgers.append(ledger)
+    for ledger in ledgers:
+        assert ledger.mark(STOCK.con_id) == 90  # corrected at t+5 is newer than other at t+1
+        pos = ledger.position(other.key)
+        assert pos is not None and pos.unrealized_pnl(ledger.mark(STOCK.con_id)) == -50
+
+
+def test_quote_newer_than_the_corrected_fill_stays_the_mark() -> None:
+    ledger = Ledger()
+    original = fill(2, "BUY", 10, 100, seconds=10)
+    ledger.apply_fill(fill(1, "BUY", 10, 95))
+    ledger.apply_fill(original)
+    ledger.set_mark(STOCK.con_id, 97.5, original.time - timedelta(seconds=1))
+    assert ledger.mark(STOCK.con_id) == 100
+    ledger.apply_fill(fill(2, "BUY", 10, 90, revision=2, seconds=0.5))
+    assert ledger.mark(STOCK.con_id) == 97.5  # the quote at t+9 is now the newest observation
+
+
+def test_commission_of_a_fill_corrected_into_another_book_leaves_no_known_zero() -> None:
+    """The old book's only known commission went with the correction: what is left is
+    unknown (NaN with one pending fill), not a known 0.0."""
+    stay = fill(1, "BUY", 10, 100, strategy="a")
+    move = fill(2, "BUY", 5, 100, strategy="a")
+    ledger = Ledger()
+    ledger.apply_fill(stay)
+    ledger.apply_fill(move)
+    ledger.apply_commission(CommissionReport(move.exec_id, 1.5, "USD"))
+    moved = fill(2, "BUY", 5, 100, strategy="b", revision=2)
+    ledger.apply_fill(moved)
+    ledger.apply_commission(CommissionReport(moved.exec_id, 1.5, "USD"))
+    left = ledger.commissions(stay.key)
+    assert (left.by_currency, left.pending) == ((), 1)
+    assert math.isnan(left.total)
+    assert ledger.commissions(moved.key).total == 1.5

@@ -34,7 +34,8 @@ def positions_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
             "realized_pnl": 0.0, "commissions": 0.0, "commission_currency": "USD",
             "commissions_pending": 0, "unrealized_pnl": math.nan, "mark_price": math.nan,
             "fill_count": 1, "last_updated": pd.Timestamp("2026-11-20 15:00"),
-            "last_exec_id": "x.01", "watermark": 1}
+            "last_exec_id": "x.01", "open_price_min": math.nan, "open_price_max": math.nan,
+            "watermark": 1}
     frame = pd.DataFrame([{**base, **r} for r in rows], columns=list(SCHEMAS[POSITIONS]))
     return frame.astype(SCHEMAS[POSITIONS])
 
