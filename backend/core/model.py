@@ -1,4 +1,5 @@
-"""Domain value objects: instruments, fills, commission reports, order status events.
+"""Domain value objects: instruments, fills, commission reports (order status events are
+:class:`backend.core.messages.StatusMessage`, parsed straight from the message).
 
 Numeric model (stated once, used everywhere)
 --------------------------------------------
@@ -247,62 +248,6 @@ class CommissionReport:
     @property
     def known(self) -> bool:
         return not math.isnan(self.commission)
-
-
-class OrderStatus(StrEnum):
-    """IB order states (``OrderStatus`` in ib_async). Unknown texts are kept as given."""
-
-    PENDING_SUBMIT = "PendingSubmit"
-    PENDING_CANCEL = "PendingCancel"
-    PRE_SUBMITTED = "PreSubmitted"
-    SUBMITTED = "Submitted"
-    API_PENDING = "ApiPending"
-    API_CANCELLED = "ApiCancelled"
-    CANCELLED = "Cancelled"
-    FILLED = "Filled"
-    INACTIVE = "Inactive"
-    VALIDATION_ERROR = "ValidationError"
-
-
-@dataclass(frozen=True, slots=True)
-class OrderEvent:
-    """One order status event (``status_change`` message), a row of the ``orders`` library.
-
-    Identity of the order is (account, perm_id) when IB assigned one, else (account, order_id,
-    client_id). ``time`` is when the status was observed.
-    """
-
-    account: str
-    strategy: str
-    order_id: int
-    perm_id: int
-    client_id: int
-    order_ref: str
-    instrument: Instrument
-    side: Side
-    order_type: str
-    total_qty: float
-    filled_qty: float
-    remaining_qty: float
-    avg_fill_price: float
-    lmt_price: float
-    status: str
-    why_held: str
-    time: datetime
-
-    def __post_init__(self) -> None:
-        _require_str("account", self.account, nonempty=True)
-        _require_str("strategy", self.strategy, nonempty=True)
-        _require_str("status", self.status, nonempty=True)
-        for name in ("total_qty", "filled_qty", "remaining_qty"):
-            value = _require_finite(name, getattr(self, name))
-            if value < 0:
-                raise InvalidFieldError(name, value, "must be >= 0")
-        object.__setattr__(self, "time", require_utc("time", self.time))
-
-    @property
-    def order_key(self) -> tuple[str, int, int, int]:
-        return (self.account, self.perm_id, self.order_id, self.client_id)
 
 
 def utc_now() -> datetime:
