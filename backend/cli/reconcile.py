@@ -130,21 +130,11 @@ async def _main(args: argparse.Namespace) -> RunReport:
 
 
 async def _connect(adapter: IBAdapter, args: argparse.Namespace) -> None:
-    """Connect read-only; every failure is a BrokerError (exit 2, one line on stderr)."""
-    from ib_async import RequestError
-
-    from backend.errors import BrokerRequestError
-
-    try:
-        await adapter.connect(args.host, args.port, args.client_id, timeout=args.timeout,
-                              readonly=True)
-    except RequestError as exc:
-        # ib_async raises a request's error out of its startup sync (e.g. 322 on the
-        # executions request); IBAdapter.connect lets it through unmapped.
-        adapter.disconnect()
-        raise BrokerRequestError(f"connect to {args.host}:{args.port} client_id="
-                                 f"{args.client_id}: startup request", exc.code,
-                                 exc.message) from exc
+    """Connect read-only. Every failure is a BrokerError (exit 2, one line on stderr):
+    IBAdapter.connect maps them all, including a request error out of ib_async's startup
+    sync (tests/ib/test_adapter.py)."""
+    await adapter.connect(args.host, args.port, args.client_id, timeout=args.timeout,
+                          readonly=True)
 
 
 def _print_summary(report: RunReport) -> None:
