@@ -522,26 +522,35 @@ def price_rows(
 
 
 def gap_break(
-    account: str, covered_until: datetime | None, window_start: datetime
+    account: str, covered_until: datetime | None, window_start: datetime,
+    listening_since: datetime | None = None,
 ) -> Break | None:
-    """A HISTORY_GAP break when the journal's coverage ends before the executions window.
+    """A HISTORY_GAP break when the journal's coverage ends before anything else begins.
 
     ``covered_until``: the time up to which the account's journal is known complete (the later
-    of its last journaled fill and the last moment a runner or a successful reconciliation was
-    listening); None when nothing is known (a new account: there is no history to miss, and
-    any holding shows up as BROKER_ONLY). ``window_start``: the earliest execution time the
-    gateway still returns (its last midnight). Executions in between cannot be backfilled.
+    of its last journaled fill and the last moment a backfilled reconciliation ran); None when
+    nothing is known (a new account: there is no history to miss, and any holding shows up as
+    BROKER_ONLY). ``window_start``: the earliest execution time the gateway still returns (its
+    last midnight). ``listening_since``: when the runner's live connection (the
+    StrategyManager's) came up, if it is up: its executions reached the journal as they
+    happened, so a runner listening across the gateway's midnight leaves no gap. Executions
+    between ``covered_until`` and the earlier of the other two cannot be backfilled.
     """
     _require_str("account", account, nonempty=True)
     start = require_utc("window_start", window_start)
+    if listening_since is not None:
+        start = min(start, require_utc("listening_since", listening_since))
     if covered_until is None:
         return None
     covered = require_utc("covered_until", covered_until)
     if covered >= start:
         return None
+    listening = ("" if listening_since is None
+                 else f" (the runner has listened since {listening_since.isoformat()})")
     return Break(
         kind=BreakKind.HISTORY_GAP, detail=BreakDetail.EXECUTIONS_WINDOW, account=account,
         con_id=0,
         message=(f"journal covered until {covered.isoformat()}, gateway executions start at "
-                 f"{start.isoformat()}: executions in between cannot be backfilled"),
+                 f"{window_start.isoformat()}{listening}: executions in between cannot be "
+                 "backfilled"),
         hint=FLEX_HINT)

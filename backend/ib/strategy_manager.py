@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
@@ -76,6 +77,8 @@ class StrategyManager:
         self._listeners: list[Listener] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._listening_since: datetime | None = None
+        self._ib.disconnectedEvent += self._on_disconnected
         self._ib.execDetailsEvent += self._on_exec_details
         self._ib.commissionReportEvent += self._on_commission
         self._ib.orderStatusEvent += self._on_status
@@ -93,6 +96,17 @@ class StrategyManager:
                       timeout: float = 5.0) -> None:  # noqa: ASYNC109 (ib_async's timeout)
         """Connect read-write (orders need it), with the startup sync raising on timeouts."""
         await open_connection(self._ib, host, port, client_id, timeout, readonly=False)
+        self._listening_since = datetime.now(UTC)
+
+    @property
+    def listening_since(self) -> datetime | None:
+        """When the current connection came up (UTC); None while disconnected. Since then this
+        client's executions reach ``message_queue`` live (the periodic reconciliation counts
+        that as journal coverage across the gateway's midnight)."""
+        return self._listening_since if self._ib.isConnected() else None
+
+    def _on_disconnected(self) -> None:
+        self._listening_since = None
 
     def disconnect(self) -> None:
         self._ib.disconnect()

@@ -117,6 +117,9 @@ class RunOptions:
     write_portfolio: bool = True
     lease_holder: str = ""  # who holds the writer lease when write_portfolio is False
     skip: frozenset[tuple[str, int]] = frozenset()  # (account, con_id) left out (quiet window)
+    # When the runner's live connection came up (StrategyManager.listening_since): its fills
+    # reached the journal as they happened, so coverage before the gateway's midnight is no gap.
+    listening_since: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -289,7 +292,8 @@ async def run_once(
     runs: list[AccountRun] = []
     for a in accounts:
         res = result.for_account(a)
-        gap = gap_break(a, before.coverage[a], window) if books is not None else None
+        gap = (gap_break(a, before.coverage[a], window, opts.listening_since)
+               if books is not None else None)
         if gap is not None:
             res = res.with_breaks(gap)
         priced = price_rows(res, quotes)
@@ -299,6 +303,7 @@ async def run_once(
             "gateway": opts.gateway, "snapshot_taken_at": snap.taken_at.isoformat(),
             "executions_window_start": window.isoformat(),
             "covered_until_before": _iso(before.coverage[a]), "backfill": counts.get(a),
+            "listening_since": _iso(opts.listening_since),
             "skipped": sorted(c for acc, c in opts.skip if acc == a),
             "quotes": {str(c): persist.json_safe(q) for c, q in sorted(quotes.items())},
             "quote_error": quote_error, "rows": [p.to_dict() for p in priced],

@@ -14,8 +14,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
+from backend.core.model import utc_now
 from backend.errors import InvalidFieldError, LedgerError
 from backend.reconcile.job import Books, Broker, RunOptions, RunReport, run_once
 
@@ -131,17 +133,23 @@ class PeriodicReconciler:
 def runner_reconciler(broker: Broker, books: Books, *, interval: float,
                       quiet_seconds: float = 5.0, options: RunOptions | None = None,
                       in_flight: Callable[[float], Iterable[int]] | None = None,
+                      listening_since: Callable[[], datetime | None] | None = None,
                       on_report: Callable[[RunReport], None] | None = None,
+                      clock: Callable[[], datetime] = utc_now,
                       ) -> tuple[PeriodicReconciler, ActivityWindow]:
     """The runner's task, wired to the PortfolioManager ``books`` (the writer)::
 
         periodic, window = runner_reconciler(adapter, pm, interval=300,
-                                             in_flight=pm.in_flight_con_ids)
+                                             in_flight=pm.in_flight_con_ids,
+                                             listening_since=lambda: sm.listening_since)
         sm.add_listener(window)                      # working orders and fresh fills
         task = asyncio.create_task(periodic.run_forever())
 
     ``in_flight(quiet_seconds)`` gives con_ids the manager has not made durable or saw a fill
     for recently (``PortfolioManager.in_flight_con_ids``); they are skipped in every account.
+    ``listening_since()`` gives when the runner's live connection came up (None while it is
+    down): a runner listening across the gateway's midnight has no history gap, while one that
+    was down then gets its HISTORY_GAP break.
     """
     base = options or RunOptions()
     window = ActivityWindow(quiet_seconds)
@@ -153,6 +161,8 @@ def runner_reconciler(broker: Broker, books: Books, *, interval: float,
         if in_flight is not None:
             cons = set(in_flight(quiet_seconds))
             skip = skip | {(a, c) for a in accounts() for c in cons}
-        return await run_once(broker, books=books, options=replace(base, skip=skip))
+        since = listening_since() if listening_since is not None else base.listening_since
+        return await run_once(broker, books=books, clock=clock,
+                              options=replace(base, skip=skip, listening_since=since))
 
     return PeriodicReconciler(run, interval, window, accounts, on_report), window

@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import itertools
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from ib_async import Contract, LimitOrder, MarketOrder, Stock
@@ -15,7 +16,13 @@ from backend.core.portfolio_manager import PortfolioManager
 from backend.ib.adapter import IBAdapter
 from backend.ib.simulator.examples import AAPL, ES, basic_scenario
 from backend.ib.strategy_manager import StrategyManager
-from backend.reconcile.job import Outcome, RunOptions, RunReport
+from backend.reconcile.job import (
+    DEFAULT_GATEWAY_TZ,
+    Outcome,
+    RunOptions,
+    RunReport,
+    executions_window_start,
+)
 from backend.reconcile.periodic import runner_reconciler
 
 from .conftest import ACCOUNT, CLIENT_ID, SimFactory, reports
@@ -122,3 +129,47 @@ async def test_periodic_skips_instruments_in_flight(sim_factory: SimFactory, uri
         assert rows_of(quiet) >= {AAPL.con_id, ES.con_id}
         assert quiet.outcome is Outcome.CLEAN  # the ES fill is journaled: broker 3 = carry 3
         assert pm.position(ACCOUNT, "carry", ES.con_id).qty == 3.0
+
+
+@pytest.mark.asyncio
+async def test_periodic_across_the_gateways_midnight(sim_factory: SimFactory, uri: str) -> None:
+    """The gateway forgets executions at its midnight. A runner that listened across it has no
+    history gap (its fills reached the journal live); once its connection is down, a run after
+    midnight reports the HISTORY_GAP that a cron job would."""
+    sim = await sim_factory(basic_scenario())
+    now = datetime.now(UTC)
+    midnight = executions_window_start(now, DEFAULT_GATEWAY_TZ) + timedelta(days=1)
+    times = iter([now, now, midnight + timedelta(minutes=3), midnight + timedelta(minutes=3),
+                  midnight + timedelta(minutes=8), midnight + timedelta(minutes=8)])
+    async with (PortfolioManager(uri) as pm, IBAdapter(request_timeout=5) as adapter,
+                StrategyManager(request_timeout=5) as sm):
+        await sm.connect("127.0.0.1", sim.port, 1, timeout=5)
+        await adapter.connect("127.0.0.1", sim.port, CLIENT_ID, timeout=5)
+        pm.subscribe(sm)
+        since = sm.listening_since
+        assert since is not None
+        assert since <= datetime.now(UTC)
+        periodic, _ = runner_reconciler(
+            adapter, pm, interval=60, quiet_seconds=0.0, options=RunOptions(gateway="sim"),
+            listening_since=lambda: sm.listening_since, clock=lambda: next(times))
+        first = await periodic.tick()  # before midnight: backfills the scenario's fills
+        assert first is not None
+        assert first.outcome is Outcome.CLEAN
+
+        after = await periodic.tick()  # 3 minutes past midnight, the runner still listening
+        assert after is not None
+        report = after.accounts[0].report
+        assert report["executions_window_start"] == midnight.isoformat()
+        assert report["covered_until_before"] < midnight.isoformat()  # only the live feed
+        assert report["listening_since"] == since.isoformat()
+        assert after.outcome is Outcome.CLEAN
+        assert not [b for b in report["breaks"] if b["kind"] == "HISTORY_GAP"]
+
+        sm.disconnect()  # the runner's feed is down: nothing covers the time before midnight
+        assert sm.listening_since is None
+        down = await periodic.tick()
+        assert down is not None
+        gaps = [b for b in down.accounts[0].report["breaks"] if b["kind"] == "HISTORY_GAP"]
+        assert len(gaps) == 1
+        assert down.outcome is Outcome.BREAKS
+        assert down.accounts[0].report["listening_since"] is None

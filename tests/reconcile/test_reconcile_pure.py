@@ -377,6 +377,22 @@ def test_gap_break() -> None:
         gap_break(ACCT, datetime(2026, 11, 19), window)  # naive on purpose
 
 
+def test_gap_break_with_a_listening_runner() -> None:
+    window = datetime(2026, 11, 20, 5, 0, tzinfo=UTC)
+    covered = window - timedelta(minutes=2)  # the last run, before the gateway's midnight
+    # Listening since before the last run: live fills cover the time up to midnight.
+    assert gap_break(ACCT, covered, window, covered - timedelta(hours=3)) is None
+    assert gap_break(ACCT, covered, window, covered) is None
+    # The runner came up after the coverage ended: the time in between is a gap.
+    late = gap_break(ACCT, covered, window, covered + timedelta(minutes=1))
+    assert late is not None
+    assert "listened since" in late.message
+    # Listening that began after midnight adds nothing to the gateway's own window.
+    assert gap_break(ACCT, covered, window, window + timedelta(hours=1)) is not None
+    with pytest.raises(InvalidFieldError, match="listening_since"):
+        gap_break(ACCT, covered, window, datetime(2026, 11, 19))  # naive on purpose
+
+
 # ---------------------------------------------------------------------------- property
 
 INSTRUMENTS = [AAPL, MSFT, ES, OPT]
