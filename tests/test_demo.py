@@ -11,6 +11,11 @@ import asyncio
 import io
 import logging
 import math
+import queue
+import signal
+import subprocess
+import sys
+import threading
 import warnings
 from collections.abc import Iterator
 from datetime import UTC
@@ -145,6 +150,57 @@ def test_a_second_run_into_the_same_store_adds_to_it_without_conflicts(
     assert sum(len(f) for f in rejects.values()) == 0, rejects
     assert stored == runs[0].fills + runs[1].fills  # the second run's execIds are new
     assert not decoder_guard.records
+
+
+def test_ctrl_c_winds_down_flushes_and_exits_130(tmp_path: Path) -> None:
+    """``portfolio demo --duration 0`` as a real process, stopped by SIGINT as a terminal's
+    Ctrl-C would: it stops trading, flushes what it booked and exits 130."""
+    data = tmp_path / "interrupted"
+    script = Path(sys.executable).parent / "portfolio"
+    assert script.exists(), f"{script}: the project's console script is not installed"
+    proc = subprocess.Popen([str(script), "demo", "--duration", "0", "--plain", "--data",
+                             str(data)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        seen = ""
+        while "total realized" not in seen:  # the first periodic summary: it is trading
+            seen = lines.get(timeout=60)
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    reader.join(10)
+    out = "".join(iter_queue(lines))
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    proc.stdout.close()
+    proc.stderr.close()
+    assert code == 130, (out, err)
+    assert f"lmdb://{data.resolve()}" in out  # where the data is, as after a normal run
+    ac = adb.Arctic(f"lmdb://{data.resolve()}")
+    fills = read_all(ac, "fills")
+    total = sum(len(f) for f in fills.values())
+    assert total > 0
+    assert len(replay(fills)) == total
+    positions = read_all(ac, "positions")
+    assert sum(int(f["fill_count"].sum()) for f in positions.values()) == total
+
+
+def iter_queue(lines: queue.Queue[str]) -> Iterator[str]:
+    while not lines.empty():
+        yield lines.get_nowait()
 
 
 def test_live_and_plain_views_show_positions_per_strategy() -> None:

@@ -294,6 +294,7 @@ class DemoResult:
     messages: int
     fills: int
     rows: list[Row]
+    interrupted: bool = False  # stopped by Ctrl-C (cancelled) rather than by the duration
 
 
 def jupyter_snippet(arctic_uri: str) -> str:
@@ -334,7 +335,7 @@ async def run_demo(
     data_dir = prepare_data_dir(data_dir)
     arctic_uri = f"lmdb://{data_dir}"
     book = Book()
-    ran = 0.0
+    ran, interrupted = 0.0, False
     run_ms = time.time_ns() // 1_000_000
     # Order ids are int32 at IB: seconds-based, 10k orders apart per second of start time.
     first_order_id = (run_ms // 1000) % 200_000 * 10_000 + 1
@@ -355,7 +356,8 @@ async def run_demo(
             ]
             async with sink_factory(arctic_uri) as sink:
                 sink.subscribe(sm)
-                ran = await _trade(sm, strategies, quotes, book, duration, out, live, refresh)
+                ran, interrupted = await _trade(sm, strategies, quotes, book, duration, out,
+                                                live, refresh)
                 await _wind_down(sm)
                 # Everything published must reach the sink before the flush counts it.
                 async with asyncio.timeout(10.0):
@@ -369,14 +371,16 @@ async def run_demo(
         print(render_plain(rows, ran), file=out)
     print(f"\nData: {data_dir}  ({arctic_uri})\nOpen it in Jupyter:\n\n"
           f"{jupyter_snippet(arctic_uri)}\n", file=out)
-    return DemoResult(arctic_uri, data_dir, book.messages, len(book.ledger), rows)
+    return DemoResult(arctic_uri, data_dir, book.messages, len(book.ledger), rows, interrupted)
 
 
 async def _trade(sm: StrategyManager, strategies: list[Strategy], quotes: IBAdapter, book: Book,
-                 duration: float, out: TextIO, live: bool, refresh: float) -> float:
+                 duration: float, out: TextIO, live: bool, refresh: float,
+                 ) -> tuple[float, bool]:
     """Trade until the duration is up, a strategy fails, or Ctrl-C (then wind down cleanly).
 
-    Returns how many seconds it traded."""
+    Returns how many seconds it traded and whether Ctrl-C (a cancel) stopped it."""
+    interrupted = False
     start = time.monotonic()
     runner = asyncio.create_task(sm.run(strategies), name="strategies")
 
@@ -408,6 +412,7 @@ async def _trade(sm: StrategyManager, strategies: list[Strategy], quotes: IBAdap
                     next_print += 5.0
     except asyncio.CancelledError:
         # Ctrl-C: asyncio.run cancels us; stop trading but still wind down and flush.
+        interrupted = True
         task = asyncio.current_task()
         if task is not None:
             task.uncancel()
@@ -416,7 +421,7 @@ async def _trade(sm: StrategyManager, strategies: list[Strategy], quotes: IBAdap
     await stop_task(runner)
     if not failed:
         await refresh_marks()
-    return elapsed()
+    return elapsed(), interrupted
 
 
 async def stop_task(task: asyncio.Task[None]) -> None:
