@@ -105,3 +105,75 @@ def test_clean_run_of_an_all_flat_account_keeps_stderr_empty(uri: str) -> None:
         assert "clean (exit 0)" in run.stdout
     assert read(uri, PORTFOLIO, ACCOUNT).empty
     assert [r["outcome"] for r in reports(uri)] == ["clean", "clean"]
+
+
+# A running PortfolioManager in its own process: it holds the root's writer lease, and books
+# one more AAPL fill (execId of its own) when told to on stdin.
+MANAGER = """
+import asyncio, json, sys
+from backend.core.portfolio_manager import PortfolioManager
+
+async def main(uri: str, message: dict) -> None:
+    async with PortfolioManager(uri) as pm:
+        print("ready", flush=True)
+        await asyncio.to_thread(sys.stdin.readline)
+        await pm.process_message(message)
+        await pm.flush()
+        print("flushed", flush=True)
+
+asyncio.run(main(sys.argv[1], json.loads(sys.argv[2])))
+"""
+EXTRA_FILL = {
+    "type": "fill", "strategy": "momentum", "trade": None,
+    "fill": {"contract": {"conId": 265598, "symbol": "AAPL", "secType": "STK",
+                          "currency": "USD", "multiplier": "", "exchange": "SMART"},
+             "execution": {"execId": "0000e215.656d00aa.01.01",
+                           "time": "2026-11-20T17:00:00+00:00", "acctNumber": ACCOUNT,
+                           "side": "BOT", "shares": 10, "price": 151.0, "exchange": "ISLAND",
+                           "orderId": 31, "permId": 900000031, "orderRef": "momentum"},
+             "commissionReport": {"execId": "0000e215.656d00aa.01.01", "commission": 1.0,
+                                  "currency": "USD", "realizedPNL": 0.0}}}
+
+
+def test_cron_job_beside_a_running_portfolio_manager(uri: str) -> None:
+    """The job while a PortfolioManager process holds the writer lease: it names the holder on
+    stderr, leaves ``portfolio``/``positions``/``fills`` to the manager and appends only its
+    report; the manager's own writes afterwards land, and the next run sees them."""
+    with gateway() as port:
+        assert reconcile(uri, port).returncode == 0  # backfills the scenario's day
+        before = {lib: versions(uri, lib) for lib in (PORTFOLIO, POSITIONS, FILLS)}
+        manager = subprocess.Popen([sys.executable, "-c", MANAGER, uri, json.dumps(EXTRA_FILL)],
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        try:
+            assert manager.stdout is not None
+            assert manager.stdin is not None
+            assert manager.stdout.readline().strip() == "ready", manager.poll()
+            beside = reconcile(uri, port)
+            assert {lib: versions(uri, lib) for lib in (PORTFOLIO, POSITIONS, FILLS)} == before
+            manager.stdin.write("go\n")
+            manager.stdin.flush()
+            assert manager.stdout.readline().strip() == "flushed"
+            manager.stdin.close()
+            assert manager.wait(30) == 0
+        finally:
+            if manager.poll() is None:
+                manager.kill()
+                manager.wait(10)
+            for stream in (manager.stdout, manager.stderr):
+                if stream is not None:
+                    stream.close()
+        after = reconcile(uri, port)  # the lease is free again: the job writes portfolio
+    assert beside.returncode == 0, (beside.stdout, beside.stderr)
+    lease, = (line for line in beside.stderr.splitlines() if "writer lease" in line)
+    assert lease.startswith(f"portfolio reconcile: writer lease held by pid={manager.pid} ")
+    assert lease.endswith("portfolio untouched")
+    assert "no backfill: the journal's writer (a running PortfolioManager)" in beside.stderr
+    runs = reports(uri)
+    assert [r["outcome"] for r in runs] == ["clean", "clean", "breaks"]
+    assert runs[1]["portfolio_written"] is False
+    # The manager's fill is journaled: strategies now hold 110 AAPL where IB holds 100.
+    assert after.returncode == 1, (after.stdout, after.stderr)
+    assert "QTY_MISMATCH AAPL: IB holds 100, strategies 110" in after.stdout
+    residuals = residual_rows(read(uri, PORTFOLIO, ACCOUNT))
+    assert residuals["qty"].tolist() == [-10.0]
