@@ -1,146 +1,16 @@
-"""Shared fixtures for tests that talk to the IB Gateway simulator with the real ib_async client.
-
-Stable fixture names (other test files rely on them):
-
-``ib_decoder_guard`` (autouse)
-    Fails the test if ib_async logged "Error handling fields" (or a decoder "Error for ...")
-    while it ran: ib_async drops a malformed message with only that log line.
-``sim_factory``
-    ``await sim_factory(scenario=None, faults=None)`` -> a started ``GatewaySimulator`` on an
-    ephemeral 127.0.0.1 port; every simulator it made is stopped at teardown.
-``ib_factory``
-    ``ib_factory.new()`` -> a fresh ``IB`` (disconnected at teardown);
-    ``await ib_factory.connect(sim, client_id=1, timeout=5, **connect_kwargs)`` -> connected IB.
-``sim``
-    A started simulator with ``basic_scenario()`` (one account ``DU1234567``).
-``sim2``
-    A started simulator with ``basic_scenario(("DU1111111", "DU2222222"))`` (two accounts).
-``ib``
-    An ``IB`` connected to ``sim`` with clientId 1 (``raiseSyncErrors=True``).
-
-All fixtures are function-scoped and live in the test's own event loop (pytest-asyncio strict
-mode): an ``IB`` or a simulator made in one loop is unusable in another.
+"""The IB tests use the simulator's pytest plugin (``backend/ib/simulator/pytest_plugin.py``,
+loaded for the whole suite by ``-p`` in pyproject.toml): ``sim``, ``sim2``, ``ib``,
+``sim_factory``, ``ib_factory``. Here its decoder guard is on for every test: a test fails on
+any ib_async "Error handling fields" record (ib_async drops such a message silently).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
 import pytest
-import pytest_asyncio
-from ib_async import IB
-
-from backend.ib.simulator import Faults, GatewaySimulator, Scenario
-from backend.ib.simulator.examples import basic_scenario
-
-BAD_LOG_MARKERS = ("Error handling fields", "Error for ")
-
-ONE_ACCOUNT = ("DU1234567",)
-TWO_ACCOUNTS = ("DU1111111", "DU2222222")
-
-
-class _Collector(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(level=logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
 
 
 @pytest.fixture(autouse=True)
-def ib_decoder_guard() -> Iterator[list[logging.LogRecord]]:
-    """Collect ib_async's log records; fail on any decoder error."""
-    collector = _Collector()
-    logger = logging.getLogger("ib_async")
-    logger.addHandler(collector)
-    try:
-        yield collector.records
-    finally:
-        logger.removeHandler(collector)
-    bad = [
-        r.getMessage()
-        for r in collector.records
-        if any(marker in r.getMessage() for marker in BAD_LOG_MARKERS)
-    ]
-    if bad:
-        pytest.fail(f"ib_async could not decode simulator messages: {bad[:3]}")
-
-
-class SimFactory:
-    def __init__(self) -> None:
-        self.sims: list[GatewaySimulator] = []
-
-    async def __call__(
-        self, scenario: Scenario | None = None, faults: Faults | None = None
-    ) -> GatewaySimulator:
-        sim = GatewaySimulator(scenario or basic_scenario(), faults=faults, port=0)
-        await sim.start()
-        self.sims.append(sim)
-        return sim
-
-    async def close(self) -> None:
-        for sim in self.sims:
-            await sim.stop()
-
-
-class IBFactory:
-    def __init__(self) -> None:
-        self.ibs: list[IB] = []
-
-    def new(self) -> IB:
-        ib = IB()
-        ib.RaiseRequestErrors = True
-        self.ibs.append(ib)
-        return ib
-
-    async def connect(
-        self,
-        sim: GatewaySimulator,
-        client_id: int = 1,
-        timeout: float = 5,  # noqa: ASYNC109  (ib_async's own name for it)
-        **kwargs: Any,
-    ) -> IB:
-        ib = self.new()
-        kwargs.setdefault("raiseSyncErrors", True)
-        await ib.connectAsync("127.0.0.1", sim.port, clientId=client_id, timeout=timeout, **kwargs)
-        return ib
-
-    def close(self) -> None:
-        for ib in self.ibs:
-            ib.disconnect()
-
-
-@pytest_asyncio.fixture
-async def sim_factory() -> AsyncIterator[SimFactory]:
-    factory = SimFactory()
-    try:
-        yield factory
-    finally:
-        await factory.close()
-
-
-@pytest_asyncio.fixture
-async def ib_factory() -> AsyncIterator[IBFactory]:
-    factory = IBFactory()
-    try:
-        yield factory
-    finally:
-        factory.close()
-
-
-@pytest_asyncio.fixture
-async def sim(sim_factory: SimFactory) -> GatewaySimulator:
-    return await sim_factory(basic_scenario(ONE_ACCOUNT))
-
-
-@pytest_asyncio.fixture
-async def sim2(sim_factory: SimFactory) -> GatewaySimulator:
-    return await sim_factory(basic_scenario(TWO_ACCOUNTS))
-
-
-@pytest_asyncio.fixture
-async def ib(sim: GatewaySimulator, ib_factory: IBFactory) -> IB:
-    return await ib_factory.connect(sim, client_id=1)
+def _decoder_guard_on(ib_decoder_guard: list[logging.LogRecord]) -> list[logging.LogRecord]:
+    return ib_decoder_guard

@@ -1,17 +1,17 @@
 """Shared pieces of the end-to-end reconciliation tests (simulator + real ib_async + lmdb).
 
-Reuses the IB fixtures of ``tests/ib/conftest.py``: ``ib_decoder_guard`` (autouse: fails a test
-on any ib_async "Error handling fields" record) and ``sim_factory``.
+Uses the simulator's pytest plugin (``backend/ib/simulator/pytest_plugin.py``, loaded by ``-p``
+in pyproject.toml): ``sim_factory``, and ``ib_decoder_guard``, on for every test here (fails a
+test on any ib_async "Error handling fields" record).
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
+import logging
 import shutil
-import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,27 +22,17 @@ import pytest
 
 from backend.cli import main as cli_main
 from backend.ib.simulator import Faults, Scenario, SimulatorThread
+from backend.ib.simulator.pytest_plugin import SimFactory
 from backend.storage import open_store
 from backend.storage.schema import FILLS, LIBRARIES, PORTFOLIO, RECONCILIATION
 
 
-def _load_ib_conftest() -> Any:
-    # tests/ is not a package (importlib mode): load the IB conftest by path, under a name of
-    # its own so pytest's own copy of it is left alone.
-    path = Path(__file__).resolve().parents[1] / "ib" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("_reconcile_ib_conftest", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture(autouse=True)
+def _decoder_guard_on(ib_decoder_guard: list[logging.LogRecord]) -> list[logging.LogRecord]:
+    return ib_decoder_guard
 
 
-_ib = _load_ib_conftest()
-ib_decoder_guard = _ib.ib_decoder_guard
-sim_factory = _ib.sim_factory
-SimFactory = _ib.SimFactory
+__all__ = ["SimFactory"]  # re-exported for the test modules' annotations
 
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 ACCOUNT = "DU1234567"
