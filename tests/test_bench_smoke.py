@@ -1,0 +1,55 @@
+"""Smoke tests of bench/reconcile.py and bench/ingest.py: each runs end to end with tiny
+parameters and ends with the JSON line the docs quote (the figures are noise here; what is
+checked is that they exist, are finite and agree with the inputs)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def bench(script: str, *args: str) -> tuple[list[str], dict[str, Any]]:
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()  # the human-readable lines may go to stderr
+    result = json.loads(lines[-1])
+    assert isinstance(result, dict)
+    for key, value in result.items():
+        assert isinstance(value, int | float), key
+        assert math.isfinite(value) and value >= 0, (key, value)
+    return lines[:-1] + done.stderr.splitlines(), result
+
+
+def test_reconcile_bench() -> None:
+    text, result = bench("reconcile.py", "--positions", "200", "--strategies", "5",
+                         "--repeat", "1")
+    assert result["broker_positions"] == 200
+    assert result["strategies"] == 5
+    assert result["reconcile_s"] > 0
+    assert result["breaks"] > 0  # the generated books disagree on purpose
+    assert any(line.startswith("reconcile: ") for line in text)
+
+
+def test_ingest_bench() -> None:
+    text, result = bench("ingest.py", "--fills", "1000", "--naive", "20", "--seconds", "0.5")
+    assert result["fills"] == 1000
+    for key in ("fills_per_s", "naive_fills_per_s", "raw_rows_per_s", "p99_ms", "loop_lag_ms",
+                "vs_naive", "vs_raw"):
+        assert result[key] > 0, key
+    assert result["p50_ms"] <= result["p99_ms"]
+    assert any(line.startswith("ratios: ") for line in text)
+
+
+def test_ingest_bench_recovery() -> None:
+    text, result = bench("ingest.py", "--recovery-fills", "1000")
+    assert result["fills"] == 1000
+    assert result["recovery_s"] > 0
+    assert result["full_refold_s_per_million"] > 0
+    assert any("from positions rows" in line for line in text)
