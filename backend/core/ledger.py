@@ -7,7 +7,11 @@ Rules (each one is tested, several as Hypothesis properties):
   :class:`ConflictingFillError` naming both versions; nothing changes.
 * A fill whose base matches a live fill and whose revision is higher is a correction: it
   REPLACES the earlier execution (quantity, price and time may all differ) and the positions it
-  touches are refolded. A lower revision arriving after its correction is stale: ignored.
+  touches are refolded. A lower revision arriving after its correction is stale: ignored,
+  whatever its facts. Only the live revision's facts are kept, so a copy of a superseded
+  revision that differs from what was first received is not detected as a conflict once the
+  correction is in (before it, the same copy raises :class:`ConflictingFillError`): the
+  correction replaced that execution, so its old facts no longer affect any state.
 * A commission report is keyed by exact exec_id, may arrive before its fill, after it, or
   never. Unknown commissions stay unknown (counted as pending), never 0. A report for an
   exec_id that is later corrected away stops counting with it.
