@@ -215,6 +215,11 @@ def test_live_and_plain_views_show_positions_per_strategy() -> None:
     assert "options_income" in plain
     assert "-12.50" in plain
     assert "total realized -12.50" in plain
+    assert plain.startswith("[  5.0s]")
+    final = render_plain([Row("momentum", "AAPL", 0.0, float("nan"), 3.0, -1e-9, 1.0, 2)], 9.0,
+                         final=True)
+    assert final.startswith("[ final]")  # the state after the wind-down, told apart
+    assert "-0.00" not in final  # rounding noise of a flat position is not shown signed
     console = Console(file=io.StringIO(), width=120, color_system=None)
     console.print(render_rich(rows, 5.0))
     text = console.file.getvalue()  # type: ignore[attr-defined]

@@ -233,11 +233,13 @@ def _suffix(sec_type: str) -> str:
 
 
 def _money(x: float) -> str:
-    return "-" if math.isnan(x) else f"{x:,.2f}"
+    # "z": no "-0.00" for a tiny negative (a flat or unmarked position's rounding noise)
+    return "-" if math.isnan(x) else f"{x:z,.2f}"
 
 
-def render_plain(rows: list[Row], elapsed: float) -> str:
-    lines = [f"[{elapsed:5.1f}s] {'strategy':<16} {'instrument':<10} {'qty':>7} {'avg':>10} "
+def render_plain(rows: list[Row], elapsed: float, *, final: bool = False) -> str:
+    stamp = "[ final]" if final else f"[{elapsed:5.1f}s]"
+    lines = [f"{stamp} {'strategy':<16} {'instrument':<10} {'qty':>7} {'avg':>10} "
              f"{'realized':>11} {'unrealized':>11} {'comm':>8} {'fills':>5}"]
     for r in rows:
         lines.append(f"{'':8} {r.strategy:<16} {r.symbol:<10} {r.qty:>7g} {_money(r.avg_cost):>10} "
@@ -367,8 +369,8 @@ async def run_demo(
             quotes.disconnect()
             sm.disconnect()
     rows = book.rows()
-    if not live:
-        print(render_plain(rows, ran), file=out)
+    if not live:  # the state after the wind-down: working orders cancelled, all flushed
+        print(render_plain(rows, ran, final=True), file=out)
     print(f"\nData: {data_dir}  ({arctic_uri})\nOpen it in Jupyter:\n\n"
           f"{jupyter_snippet(arctic_uri)}\n", file=out)
     return DemoResult(arctic_uri, data_dir, book.messages, len(book.ledger), rows, interrupted)
