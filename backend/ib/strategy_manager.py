@@ -78,6 +78,8 @@ class StrategyManager:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._listening_since: datetime | None = None
+        # Any (re)connect of this IB, ours or a watchdog's, restarts the coverage; a drop ends it.
+        self._ib.connectedEvent += self._on_connected
         self._ib.disconnectedEvent += self._on_disconnected
         self._ib.execDetailsEvent += self._on_exec_details
         self._ib.commissionReportEvent += self._on_commission
@@ -96,7 +98,6 @@ class StrategyManager:
                       timeout: float = 5.0) -> None:  # noqa: ASYNC109 (ib_async's timeout)
         """Connect read-write (orders need it), with the startup sync raising on timeouts."""
         await open_connection(self._ib, host, port, client_id, timeout, readonly=False)
-        self._listening_since = datetime.now(UTC)
 
     @property
     def listening_since(self) -> datetime | None:
@@ -104,6 +105,9 @@ class StrategyManager:
         client's executions reach ``message_queue`` live (the periodic reconciliation counts
         that as journal coverage across the gateway's midnight)."""
         return self._listening_since if self._ib.isConnected() else None
+
+    def _on_connected(self) -> None:
+        self._listening_since = datetime.now(UTC)
 
     def _on_disconnected(self) -> None:
         self._listening_since = None

@@ -173,3 +173,8 @@ async def test_periodic_across_the_gateways_midnight(sim_factory: SimFactory, ur
         assert len(gaps) == 1
         assert down.outcome is Outcome.BREAKS
         assert down.accounts[0].report["listening_since"] is None
+
+        await sm.connect("127.0.0.1", sim.port, 1, timeout=5)  # coverage starts afresh
+        again = sm.listening_since
+        assert again is not None
+        assert again > since
