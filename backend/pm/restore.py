@@ -101,6 +101,13 @@ def _disagreement(row: dict[str, Any] | None, n: int, top_seq: int, last_exec_id
                         abs_tol=_REL_TOL * gross + 1e-9):
         return (f"realized_pnl={realized}, avg_cost={avg} do not match the cash flow "
                 f"{-cash} of the fills")
+    lo, hi = row["open_price_min"], row["open_price_max"]
+    if not is_flat(qty) and not lo <= avg <= hi:
+        # The fold keeps the average inside the range of the opening prices. NaN bounds are a
+        # row written before positions carried them (an older schema): restored, they would
+        # stay NaN for good, unlike the fold's.
+        return (f"avg_cost={avg} is not inside open_price_min={lo}, open_price_max={hi}"
+                + (" (a row of an older schema)" if math.isnan(lo) or math.isnan(hi) else ""))
     return None
 
 

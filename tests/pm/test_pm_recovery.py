@@ -5,6 +5,7 @@ never stopped."""
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 
 from backend.core.portfolio_manager import PortfolioManager
 from backend.storage import SymbolWrite, open_store
-from backend.storage.schema import PORTFOLIO, POSITIONS
+from backend.storage.schema import PORTFOLIO, POSITIONS, SCHEMAS
 
 from .ib_objects import AAPL, ACCOUNT, MSFT, fill_msg, ib_fill, read
 from .stream import assert_same, make_stream, snapshot
@@ -105,3 +106,43 @@ async def test_positions_row_without_fills_is_dropped(tmp_path: Path) -> None:
     async with PortfolioManager(uri) as pm:
         await pm.flush()
     assert read(uri, POSITIONS, "alpha")["con_id"].tolist() == [AAPL["conId"]]
+
+
+@pytest.mark.asyncio
+async def test_positions_of_an_older_schema_are_refolded_and_rewritten(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A library written before positions rows carried open_price_min/max (plain arcticdb
+    writes, as that version left them; they read back as NaN): the manager refolds the open
+    keys from fills (restored, their range would stay NaN for good), rewrites the symbols in
+    the current schema, and ends where a run that never stopped ends."""
+    import arcticdb as adb
+
+    uri, ref = f"lmdb://{tmp_path / 'a'}", f"lmdb://{tmp_path / 'ref'}"
+    await ingest(uri, STREAM[:300])
+    await ingest(ref, STREAM)
+    lib = adb.Arctic(uri)[POSITIONS]
+    strategies = lib.list_symbols()
+    assert strategies
+    for strategy in strategies:
+        with warnings.catch_warnings():  # arcticdb 6.28's own pandas internals (not ours)
+            warnings.filterwarnings("ignore", message=".*BlockManagerUnconsolidated.*",
+                                    category=DeprecationWarning)
+            item = lib.read(strategy)
+        old = item.data.drop(columns=["open_price_min", "open_price_max"])
+        lib.write(strategy, old, metadata=item.metadata)
+    del lib  # one Library object per root at a time (the manager opens its own)
+    with caplog.at_level(logging.WARNING, logger="backend.portfolio_manager"):
+        async with PortfolioManager(uri) as pm:
+            keys = list(pm.ledger.keys())
+            open_keys = [k for k in keys if not pm.ledger.position(k).is_flat]
+            assert open_keys
+            # flat keys agree with their rows (no range to keep); open ones are refolded
+            assert pm.ledger.restored_keys == len(keys) - len(open_keys)
+            for msg in STREAM:
+                await pm.process_message(msg)
+            await pm.flush()
+    assert any("disagrees with fills" in r.getMessage() and "a row of an older schema" in
+               r.getMessage() for r in caplog.records)
+    for strategy in strategies:
+        assert list(read(uri, POSITIONS, strategy).columns) == list(SCHEMAS[POSITIONS])
+    assert_same(snapshot(uri), snapshot(ref))
