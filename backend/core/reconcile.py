@@ -38,6 +38,16 @@ opposite-side rows exist, and :attr:`Tolerances.check_netted_avg_cost` can switc
 for netted keys. The comparison runs only when the broker and the strategies' net are open on
 the same side (an opposite side is already a QTY_MISMATCH; there is nothing to compare).
 
+Opposite sides are not the only way IB's figure leaves the blend: whenever several strategies
+have rows on a key (open or flat), a reducing fill of one of them moves the blend's weights
+but not IB's average (alpha 100 @ 10, beta 100 @ 20, alpha sells 50: IB 150 @ 15, the blend
+16.67), and a strategy that went in and out while another held left its fills in IB's figure.
+Such breaks carry ``shared=True`` (detail SHARED, or NETTED when the sides are opposite) and
+:attr:`Tolerances.check_shared_avg_cost` switches the check off for every shared key. Only a
+key one strategy has ever held compares like with like. IB's ``averageCost`` also includes
+the commissions of the opening fills while ours is gross: small lots (one option contract,
+a few shares) can drift by more than the default relative tolerance for that reason alone.
+
 Both averages are in price units: the IB adapter divides IB's ``averageCost`` (price x
 multiplier: ES x50, equity options x100) by the multiplier before building a
 :class:`~backend.core.broker.BrokerPosition`.
@@ -81,6 +91,7 @@ class BreakDetail(StrEnum):
     BROKER_ALREADY_FLAT = "BROKER_ALREADY_FLAT"  # ARCTIC_ONLY: IB zero row or no row
     OPPOSITE_SIDE = "OPPOSITE_SIDE"  # QTY_MISMATCH: IB and the strategies' net disagree on side
     NETTED = "NETTED"  # AVG_COST_DRIFT on a key where strategies hold opposite sides
+    SHARED = "SHARED"  # AVG_COST_DRIFT on a key several strategies have rows on (same side)
     EXECUTIONS_WINDOW = "EXECUTIONS_WINDOW"  # HISTORY_GAP: older than the gateway's window
 
 
@@ -103,7 +114,8 @@ class Tolerances:
     qty_by_sec_type: Mapping[str, float] = field(default_factory=dict)
     avg_cost_rel: float = 1e-4
     avg_cost_abs: float = 1e-6
-    check_netted_avg_cost: bool = True
+    check_netted_avg_cost: bool = True  # False: no AVG_COST_DRIFT check on netted keys
+    check_shared_avg_cost: bool = True  # False: none on keys several strategies have rows on
 
     def __post_init__(self) -> None:
         _nonneg("qty_default", self.qty_default)
@@ -125,7 +137,8 @@ class Tolerances:
     def to_dict(self) -> dict[str, Any]:
         return {"qty_default": self.qty_default, "qty_by_sec_type": dict(self.qty_by_sec_type),
                 "avg_cost_rel": self.avg_cost_rel, "avg_cost_abs": self.avg_cost_abs,
-                "check_netted_avg_cost": self.check_netted_avg_cost}
+                "check_netted_avg_cost": self.check_netted_avg_cost,
+                "check_shared_avg_cost": self.check_shared_avg_cost}
 
 
 def _nonneg(name: str, value: object) -> None:
@@ -191,6 +204,7 @@ class Break:
     broker_avg_cost: float = NAN
     blended_avg_cost: float = NAN
     netted: bool = False  # opposite-side strategy rows on this key
+    shared: bool = False  # several strategies have rows (open or flat) on this key
     broker_present: bool = False  # IB sent a row (possibly qty 0) for this key
     hint: str = ""
 
@@ -201,6 +215,7 @@ class Break:
                 "residual_qty": _num(self.residual_qty),
                 "broker_avg_cost": _num(self.broker_avg_cost),
                 "blended_avg_cost": _num(self.blended_avg_cost), "netted": self.netted,
+                "shared": self.shared,
                 "broker_present": self.broker_present, "message": self.message,
                 "hint": self.hint}
 
@@ -373,6 +388,7 @@ def _reconcile_key(
     net_side = _sign(strategy_qty, qtol)
     broker_side = _sign(broker_qty, qtol)
     netted = any(_sign(r.qty, qtol) == -net_side for r in open_rows) if net_side else False
+    shared = len(rows) > 1
     blended = _blended_avg(open_rows, net_side, qtol)
 
     def common() -> dict[str, Any]:
@@ -382,7 +398,8 @@ def _reconcile_key(
             "broker_qty": broker_qty, "strategy_qty": strategy_qty,
             "residual_qty": residual_qty,
             "broker_avg_cost": broker.avg_cost if broker is not None else NAN,
-            "blended_avg_cost": blended, "netted": netted, "broker_present": broker is not None}
+            "blended_avg_cost": blended, "netted": netted, "shared": shared,
+            "broker_present": broker is not None}
 
     breaks: list[Break] = []
     residual: StrategyHolding | None = None
@@ -411,10 +428,12 @@ def _reconcile_key(
     broker_avg = broker.avg_cost if broker is not None else NAN
     if (broker_side != 0 and broker_side == net_side and not math.isnan(broker_avg)
             and not math.isnan(blended) and (tol.check_netted_avg_cost or not netted)
+            and (tol.check_shared_avg_cost or not shared)
             and not tol.avg_cost_close(broker_avg, blended)):
         breaks.append(Break(
             kind=BreakKind.AVG_COST_DRIFT,
-            detail=BreakDetail.NETTED if netted else BreakDetail.NONE,
+            detail=(BreakDetail.NETTED if netted
+                    else BreakDetail.SHARED if shared else BreakDetail.NONE),
             message=f"IB average cost {broker_avg:g} vs strategies' blended {blended:g} "
                     "(price units)", **common()))
 

@@ -118,6 +118,70 @@ def test_blended_average_matches_an_account_level_fold() -> None:
     assert result.clean
 
 
+def account_fold(fills: list[Fill]) -> tuple[float, float]:
+    """IB's view: every fill of the account folded as one position (qty, average)."""
+    pos = fold([Fill(exec_id=f.exec_id, account=f.account, strategy="account",
+                     instrument=f.instrument, side=f.side, qty=f.qty, price=f.price,
+                     time=f.time) for f in fills])
+    return pos.qty, pos.avg_cost
+
+
+def test_same_side_strategies_drift_is_labelled_shared_not_a_plain_drift() -> None:
+    """Two strategies long the same stock; one trims. IB's average does not move on the trim,
+    the blend re-weights: the gap is how the fills interleaved, not a wrong book."""
+    fills = [fill(1, "alpha", AAPL, Side.BUY, 100, 10.0),
+             fill(2, "beta", AAPL, Side.BUY, 100, 20.0),
+             fill(3, "alpha", AAPL, Side.SELL, 50, 12.0)]
+    per_strategy = [fold([f for f in fills if f.strategy == s]) for s in ("alpha", "beta")]
+    qty, avg = account_fold(fills)
+    assert (qty, avg) == (150, 15.0)
+    result = reconcile(per_strategy, [broker(AAPL, qty, avg)])
+    (brk,) = result.breaks
+    assert brk.kind is BreakKind.AVG_COST_DRIFT
+    assert brk.blended_avg_cost == pytest.approx(50 / 3)
+    assert brk.detail is BreakDetail.SHARED
+    assert brk.shared
+    assert not brk.netted
+    assert brk.to_dict()["shared"] is True
+    assert reconcile(per_strategy, [broker(AAPL, qty, avg)],
+                     Tolerances(check_shared_avg_cost=False)).clean
+    # The opposite-side switch alone does not hide a same-side (shared) key.
+    assert not reconcile(per_strategy, [broker(AAPL, qty, avg)],
+                         Tolerances(check_netted_avg_cost=False)).clean
+
+
+def test_a_flat_strategy_row_makes_the_key_shared() -> None:
+    """beta traded in and out while alpha held: IB's average still carries beta's fills."""
+    fills = [fill(1, "alpha", AAPL, Side.BUY, 100, 10.0),
+             fill(2, "beta", AAPL, Side.BUY, 100, 20.0),
+             fill(3, "beta", AAPL, Side.SELL, 100, 21.0)]
+    per_strategy = [fold([f for f in fills if f.strategy == s]) for s in ("alpha", "beta")]
+    qty, avg = account_fold(fills)
+    result = reconcile(per_strategy, [broker(AAPL, qty, avg)])
+    (brk,) = result.breaks
+    assert brk.detail is BreakDetail.SHARED
+    assert brk.shared
+
+
+def test_single_strategy_drift_is_plain() -> None:
+    result = reconcile([hold("alpha", AAPL, 10, 10.0)], [broker(AAPL, 10, 11.0)],
+                       Tolerances(check_shared_avg_cost=False, check_netted_avg_cost=False))
+    (brk,) = result.breaks
+    assert brk.kind is BreakKind.AVG_COST_DRIFT
+    assert brk.detail is BreakDetail.NONE
+    assert not brk.shared
+
+
+def test_opposite_sides_are_shared_and_the_shared_switch_covers_them() -> None:
+    rows = [hold("alpha", AAPL, 30, 10.0), hold("beta", AAPL, -100, 12.0)]
+    result = reconcile(rows, [broker(AAPL, -70, 12.5)])
+    (brk,) = result.breaks
+    assert brk.detail is BreakDetail.NETTED
+    assert brk.netted and brk.shared
+    assert reconcile(rows, [broker(AAPL, -70, 12.5)],
+                     Tolerances(check_shared_avg_cost=False)).clean
+
+
 def test_qty_mismatch_on_opposite_side() -> None:
     result = reconcile([hold("alpha", AAPL, 50, 10.0)], [broker(AAPL, -50, 10.0)])
     (brk,) = result.breaks
