@@ -14,7 +14,8 @@ Per (account, con_id):
   rounding of fractional shares and never shows up.
 * Breaks (a key may carry several):
 
-  - BROKER_ONLY: IB holds it, no strategy row is open.
+  - BROKER_ONLY: IB holds it, no strategy row is open (nor do rows each below the
+    tolerance add up beyond it: then the strategies hold it too).
   - ARCTIC_ONLY: a strategy holds it, IB is flat (zero row, ``broker_present``) or absent.
     Detail BROKER_ALREADY_FLAT. Realized PnL stays as journaled; no exit price is invented.
   - QTY_MISMATCH: both hold it, the quantities differ beyond tolerance.
@@ -403,8 +404,10 @@ def _reconcile_key(
 
     breaks: list[Break] = []
     residual: StrategyHolding | None = None
+    # Held: a row is open, or rows each below the tolerance add up beyond it.
+    held = bool(open_rows) or net_side != 0
     if abs(residual_qty) > qtol:
-        if not open_rows:
+        if not held:
             kind, detail = BreakKind.BROKER_ONLY, BreakDetail.NONE
             msg = f"IB holds {broker_qty:g}, no strategy holds it"
         elif broker_side == 0:
@@ -422,7 +425,7 @@ def _reconcile_key(
         # (nothing else to subtract); otherwise a derived figure could be anything, even < 0.
         residual = StrategyHolding(
             account=account, strategy=RESIDUAL, instrument=instrument, qty=residual_qty,
-            avg_cost=broker.avg_cost if broker is not None and not open_rows else NAN,
+            avg_cost=broker.avg_cost if broker is not None and not held else NAN,
             realized_pnl=NAN)
 
     broker_avg = broker.avg_cost if broker is not None else NAN

@@ -242,6 +242,25 @@ def test_tolerances_refuse_negative_and_floor_at_model_tolerance() -> None:
 # ---------------------------------------------------------------------------- broker / arctic only
 
 
+def test_rows_each_below_tolerance_that_add_up_beyond_it_are_held() -> None:
+    """Each row is dust for the sec_type, their sum is not: the strategies hold it."""
+    coin = Instrument(con_id=479624278, symbol="BTC", sec_type="CRYPTO")
+    tol = Tolerances(qty_by_sec_type={"CRYPTO": 1e-4})
+    rows = [hold(s, coin, 6e-5, 90000.0) for s in ("a", "b", "c")]
+    flat = reconcile(rows, [broker(coin, 0.0)], tol)
+    (brk,) = flat.breaks
+    assert brk.kind is BreakKind.ARCTIC_ONLY  # not BROKER_ONLY "IB holds 0"
+    assert brk.detail is BreakDetail.BROKER_ALREADY_FLAT
+    more = reconcile(rows, [broker(coin, 5e-4, 90000.0)], tol)
+    (brk,) = more.breaks
+    assert brk.kind is BreakKind.QTY_MISMATCH  # the strategies hold 1.8e-4 of it
+    (residual,) = more.residuals
+    assert residual.qty == pytest.approx(3.2e-4)
+    assert math.isnan(residual.avg_cost)  # not the whole broker position: cost unknown
+
+
+
+
 def test_broker_only() -> None:
     result = reconcile([], [broker(MSFT, 25, 400.0, market_price=410.0)])
     (entry,) = result.entries
