@@ -380,7 +380,10 @@ def _reconcile_key(
 ) -> KeyReconciliation:
     account, con_id = key
     rows = tuple(rows)
-    instrument = broker.instrument if broker is not None else rows[0].instrument
+    # Without a broker row, the description of the first strategy by name (not by input
+    # order: the tolerance and the report must not depend on how the rows came in).
+    instrument = (broker.instrument if broker is not None
+                  else min(rows, key=lambda r: r.strategy).instrument)
     qtol = tol.qty_for(instrument.sec_type)
     broker_qty = broker.qty if broker is not None else 0.0
     strategy_qty = math.fsum(r.qty for r in rows)
@@ -456,12 +459,10 @@ def _blended_avg(open_rows: list[StrategyHolding], net_side: int, qtol: float) -
     """Qty-weighted average cost of the open rows on the net side (NaN if none or unknown)."""
     if net_side == 0:
         return NAN
-    weight = 0.0
-    cost = 0.0
-    for r in open_rows:
-        if _sign(r.qty, qtol) == net_side:
-            weight += abs(r.qty)
-            cost += abs(r.qty) * r.avg_cost  # a NaN average poisons the blend: unknown
+    side = [r for r in open_rows if _sign(r.qty, qtol) == net_side]
+    # fsum: correctly rounded, so the blend does not depend on the order of the rows.
+    weight = math.fsum(abs(r.qty) for r in side)
+    cost = math.fsum(abs(r.qty) * r.avg_cost for r in side)  # a NaN average poisons it
     return cost / weight if weight > 0 else NAN
 
 
