@@ -20,7 +20,8 @@ Order of a run:
    (``quote_error``) and the PnL stays NaN with ``no_quote``: never invented.
 6. A HISTORY_GAP break when the coverage (1) ends before the gateway's executions window.
 7. Writes: the residual rows through ``books.set_residuals`` (the PortfolioManager rewrites
-   ``portfolio/<account>``, a new version per run, and keeps them on its later rewrites), then
+   ``portfolio/<account>``, a new version per run, and keeps them on its later rewrites; a
+   key in ``skip`` was not compared, so its last residual row is carried as it was), then
    one report row per account in ``reconciliation/<account>``. A failed run writes only its
    report row (outcome ``failed``); a run without ``books`` writes only the report (and only
    if its store accepts writes).
@@ -305,6 +306,7 @@ async def run_once(
             "covered_until_before": _iso(before.coverage[a]), "backfill": counts.get(a),
             "listening_since": _iso(opts.listening_since),
             "skipped": sorted(c for acc, c in opts.skip if acc == a),
+            "carried_residuals": [],
             "quotes": {str(c): persist.json_safe(q) for c, q in sorted(quotes.items())},
             "quote_error": quote_error, "rows": [p.to_dict() for p in priced],
             "notes": notes}
@@ -313,9 +315,14 @@ async def run_once(
     written = books is not None and opts.write_portfolio
     if books is not None and opts.write_portfolio:
         for r in runs:
-            # Always set (an empty frame clears residuals that are resolved now).
-            await books.set_residuals(r.account, persist.portfolio_frame(
-                (p for p in r.priced if p.row.strategy == RESIDUAL), snap.taken_at))
+            # Always set (an empty frame clears residuals that are resolved now). A skipped
+            # key was not compared: its last residual is carried, not cleared.
+            carried = await anyio.to_thread.run_sync(
+                persist.carried_residuals, store, r.account,
+                [c for acc, c in opts.skip if acc == r.account])
+            r.report["carried_residuals"] = sorted(int(c) for c in carried["con_id"])
+            await books.set_residuals(r.account, persist.with_carried(persist.portfolio_frame(
+                (p for p in r.priced if p.row.strategy == RESIDUAL), snap.taken_at), carried))
         await books.flush()
     elif not opts.write_portfolio:
         notes.append(f"writer lease held by {opts.lease_holder or 'another process'}: "

@@ -132,6 +132,31 @@ def portfolio_frame(rows: Iterable[PricedRow], at: datetime) -> pd.DataFrame:
     return frame.astype(schema)
 
 
+def carried_residuals(store: Store, account: str, con_ids: Iterable[int]) -> pd.DataFrame:
+    """The ``_residual`` rows of ``portfolio/<account>`` for ``con_ids``, as last written.
+
+    A run that leaves a key out of the compare (a working order, a fresh fill) has not
+    reconciled it: its last residual is carried, with the time it was measured, instead of
+    being cleared as if resolved.
+    """
+    wanted = set(con_ids)
+    schema = SCHEMAS[PORTFOLIO]
+    frame = store.read(PORTFOLIO, account) if wanted else pd.DataFrame()
+    if frame.empty:
+        return pd.DataFrame({c: pd.Series([], dtype=d) for c, d in schema.items()})
+    keep = (frame["strategy"] == RESIDUAL) & frame["con_id"].isin(wanted)
+    return frame.loc[keep, list(schema)].reset_index(drop=True).astype(schema)
+
+
+def with_carried(frame: pd.DataFrame, carried: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` (this run's residual rows) plus the carried ones (no empty concat)."""
+    if carried.empty:
+        return frame
+    if frame.empty:
+        return carried
+    return pd.concat([frame, carried], ignore_index=True).astype(SCHEMAS[PORTFOLIO])
+
+
 def report_frame(report: Mapping[str, Any], *, run_id: str, started_at: datetime,
                  finished_at: datetime, gateway: str, outcome: str,
                  breaks: int) -> pd.DataFrame:

@@ -4,28 +4,35 @@ what to backfill, outcomes, and the runner's periodic task (quiet window, no ove
 from __future__ import annotations
 
 import asyncio
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import pandas as pd
 import pytest
 from ib_async import CommissionReport as IBCommissionReport
 from ib_async import Contract, Execution, Order, OrderStatus, Trade
 from ib_async import Fill as IBFill
 
-from backend.core.broker import BrokerExecution
-from backend.core.model import CommissionReport, Fill, Instrument, Side
+from backend.core.broker import BrokerExecution, BrokerPosition, BrokerSnapshot
+from backend.core.model import RESIDUAL, CommissionReport, Fill, Instrument, Side
 from backend.errors import InvalidFieldError, InvalidInputError, StorageError
+from backend.reconcile import persist
 from backend.reconcile.job import (
     Outcome,
+    RunOptions,
     RunReport,
     executions_window_start,
     failed_run,
+    run_once,
     select_backfill,
 )
 from backend.reconcile.periodic import ActivityWindow, PeriodicReconciler, Skip
 from backend.storage import open_store
-from backend.storage.schema import RECONCILIATION
+from backend.storage.api import Store, SymbolWrite
+from backend.storage.schema import PORTFOLIO, POSITIONS, RECONCILIATION, SCHEMAS
 
 ACCT = "DU111"
 AAPL = Instrument(con_id=265598, symbol="AAPL")
@@ -198,3 +205,108 @@ async def test_run_forever_keeps_going_after_a_storage_error() -> None:
     assert calls >= 4  # the failed call did not count as a run, nor stop the loop
     with pytest.raises(InvalidFieldError, match="interval"):
         PeriodicReconciler(run, interval=0)
+
+
+# ------------------------------------------------------------------------- run_once, no gateway
+
+
+class FakeBroker:
+    """A gateway's answers, fixed: ``positions`` is what the next snapshot holds."""
+
+    def __init__(self, positions: Sequence[BrokerPosition], accounts: Sequence[str] = (ACCT,),
+                 snapshot_accounts: Sequence[str] | None = None) -> None:
+        self.positions = tuple(positions)
+        self._accounts = list(accounts)
+        self.snapshot_accounts = snapshot_accounts
+        self.taken_at = T0
+
+    @property
+    def accounts(self) -> list[str]:
+        return self._accounts
+
+    async def snapshot(self, accounts: Sequence[str] | None = None,
+                       executions_since: datetime | None = None) -> BrokerSnapshot:
+        wanted = tuple(self.snapshot_accounts if self.snapshot_accounts is not None
+                       else accounts or self._accounts)
+        return BrokerSnapshot(taken_at=self.taken_at, accounts=wanted,
+                              positions=tuple(p for p in self.positions if p.account in wanted))
+
+    async def quotes(self, con_ids: Iterable[int]) -> dict[int, float]:
+        return {}
+
+
+class FakeBooks:
+    """The PortfolioManager's part: residual rows land in ``portfolio/<account>``."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.residual_frames: list[tuple[str, pd.DataFrame]] = []
+
+    @property
+    def store(self) -> Store:
+        return self._store
+
+    async def ingest_backfill(self, executions: Iterable[BrokerExecution]) -> int:
+        return 0
+
+    async def flush(self) -> None:
+        return None
+
+    async def set_residuals(self, account: str, frame: pd.DataFrame) -> None:
+        self.residual_frames.append((account, frame))
+        self._store.commit([persist.portfolio_write(account, frame, "run")])
+
+
+def positions_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    base = {"symbol": "AAPL", "sec_type": "STK", "currency": "USD", "multiplier": 1.0,
+            "realized_pnl": 0.0, "commissions": 0.0, "commission_currency": "USD",
+            "commissions_pending": 0, "unrealized_pnl": math.nan, "mark_price": math.nan,
+            "fill_count": 1, "last_updated": pd.Timestamp("2026-11-20 15:00"),
+            "last_exec_id": "x.01", "open_price_min": math.nan, "open_price_max": math.nan,
+            "watermark": 1}
+    frame = pd.DataFrame([{**base, **r} for r in rows], columns=list(SCHEMAS[POSITIONS]))
+    return frame.astype(SCHEMAS[POSITIONS])
+
+
+def books_holding(qty: float) -> FakeBooks:
+    store = open_store("memory://")
+    store.commit([SymbolWrite(POSITIONS, "trend", state=positions_frame([
+        {"account": ACCT, "con_id": AAPL.con_id, "qty": qty, "avg_cost": 150.0}]))])
+    return FakeBooks(store)
+
+
+def residuals_in_portfolio(store: Store) -> list[tuple[int, float]]:
+    frame = store.read(PORTFOLIO, ACCT)
+    frame = frame[frame["strategy"] == RESIDUAL]
+    return list(zip(frame["con_id"].tolist(), frame["qty"].tolist(), strict=True))
+
+
+@pytest.mark.asyncio
+async def test_a_skipped_key_keeps_its_residual_row() -> None:
+    """A key left out of the compare (working order, fresh fill) was not reconciled: its
+    residual from the last run stays in portfolio, not cleared as if resolved."""
+    books = books_holding(100.0)
+    ib = FakeBroker([BrokerPosition(ACCT, AAPL, 110.0, 150.0, market_price=151.0)])
+    first = await run_once(ib, books=books, options=RunOptions(), clock=lambda: T0)
+    assert first.outcome is Outcome.BREAKS
+    assert residuals_in_portfolio(books.store) == [(AAPL.con_id, 10.0)]
+    measured_at = books.store.read(PORTFOLIO, ACCT)["timestamp"].tolist()
+
+    ib.taken_at = T0 + timedelta(minutes=5)
+    skip = frozenset({(ACCT, AAPL.con_id)})
+    busy = await run_once(ib, books=books, options=RunOptions(skip=skip),
+                          clock=lambda: T0 + timedelta(minutes=5))
+    report = busy.accounts[0].report
+    assert report["skipped"] == [AAPL.con_id]
+    assert residuals_in_portfolio(books.store) == [(AAPL.con_id, 10.0)]
+    # Carried as measured: the earlier run's time, and the report says it was carried.
+    assert books.store.read(PORTFOLIO, ACCT)["timestamp"].tolist() == measured_at
+    assert report["carried_residuals"] == [AAPL.con_id]
+
+    # Compared again (no skip) and resolved: now it is cleared.
+    ib.positions = (BrokerPosition(ACCT, AAPL, 100.0, 150.0, market_price=151.0),)
+    after = await run_once(ib, books=books, options=RunOptions(),
+                           clock=lambda: T0 + timedelta(minutes=10))
+    assert after.outcome is Outcome.CLEAN
+    assert residuals_in_portfolio(books.store) == []
+    assert after.accounts[0].report["carried_residuals"] == []
