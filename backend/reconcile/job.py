@@ -268,6 +268,11 @@ async def run_once(
         # Positions first, then the executions (the adapter asks in that order), so every
         # execution inside the positions is in the backfill.
         snap = await broker.snapshot(list(accounts), executions_since=ALL_EXECUTIONS)
+        missing = [a for a in accounts if a not in snap.accounts]
+        if missing:
+            # No answer for an account is not a flat account: comparing would cancel every
+            # strategy holding with a residual.
+            raise ReconciliationError(f"the snapshot does not cover accounts {missing}")
         counts: dict[str, dict[str, int]] = {}
         if books is not None:
             journaled = await anyio.to_thread.run_sync(_read_journaled, store, accounts,

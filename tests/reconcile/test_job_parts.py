@@ -310,3 +310,18 @@ async def test_a_skipped_key_keeps_its_residual_row() -> None:
     assert after.outcome is Outcome.CLEAN
     assert residuals_in_portfolio(books.store) == []
     assert after.accounts[0].report["carried_residuals"] == []
+
+
+@pytest.mark.asyncio
+async def test_an_account_missing_from_the_snapshot_is_not_flat() -> None:
+    """A broker answer that does not cover an account is missing data: no ARCTIC_ONLY, no
+    residual cancelling the strategies, a failed run."""
+    books = books_holding(100.0)
+    ib = FakeBroker([BrokerPosition(ACCT, AAPL, 100.0, 150.0)], snapshot_accounts=("DU222",))
+    run = await run_once(ib, books=books, options=RunOptions(accounts=(ACCT,)),
+                         clock=lambda: T0)
+    assert run.outcome is Outcome.FAILED
+    assert ACCT in run.error
+    assert books.residual_frames == []
+    assert books.store.list_symbols(PORTFOLIO) == []
+    assert books.store.read(RECONCILIATION, ACCT)["outcome"].tolist() == ["failed"]
