@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from backend.core.ledger import FillOutcome, Ledger, RestoredKey
-from backend.core.model import CommissionReport, Fill, PositionKey
+from backend.core.ledger import CommissionOutcome, FillOutcome, Ledger, RestoredKey
+from backend.core.model import CommissionReport, Fill, Instrument, PositionKey
 from backend.errors import ConflictingFillError
 
 from .factories import fill
@@ -152,3 +154,139 @@ def test_restore_refuses_a_key_already_in_the_ledger() -> None:
             last_sort=A1.sort_key(), last_price=A1.price, exec_ids=[], bases=[], revisions=[],
             commissions={}, pending=0,
             load=lambda: []))
+
+
+# ---------------------------------------------------------------- adversarial restart cases
+# Each case: a ledger restarted from the state some events left, then more events, must end
+# where one uninterrupted run ends (positions, marks, commissions, dedupe), and read fills
+# only when it has to.
+
+MSFT_ = Instrument(con_id=272093, symbol="MSFT", sec_type="STK", currency="USD")
+
+
+def assert_same_ledger(restored_ledger: Ledger, uninterrupted: Ledger) -> None:
+    keys = sorted(uninterrupted.keys())
+    assert sorted(restored_ledger.keys()) == keys
+    for key in keys:
+        assert restored_ledger.position(key) == uninterrupted.position(key), key
+        assert restored_ledger.commissions(key) == uninterrupted.commissions(key), key
+        assert restored_ledger.last_fill_time(key) == uninterrupted.last_fill_time(key), key
+    for con_id in {k.con_id for k in keys} | {A1.con_id, MSFT_.con_id}:
+        a, b = restored_ledger.mark(con_id), uninterrupted.mark(con_id)
+        assert a == b or (math.isnan(a) and math.isnan(b)), con_id
+    assert len(restored_ledger) == len(uninterrupted)
+    assert sorted(restored_ledger.fills(), key=Fill.sort_key) == sorted(
+        uninterrupted.fills(), key=Fill.sort_key)
+
+
+def restart_case(before: list[Fill | CommissionReport], after: list[Fill | CommissionReport]
+                 ) -> tuple[Ledger, dict[PositionKey, Source], list[object]]:
+    """Restart after ``before``, apply ``after``; returns the ledger, its sources and the
+    outcomes of ``after`` (compared with the uninterrupted run's by the caller)."""
+    ledger, sources = restored(*before)
+    reference = fold(*before)
+    outcomes: list[object] = []
+    for e in after:
+        if isinstance(e, Fill):
+            got, want = ledger.apply_fill(e), reference.apply_fill(e)
+            assert (got.outcome, got.fill, got.replaced) == (want.outcome, want.fill,
+                                                             want.replaced), e
+            assert set(got.affected) == set(want.affected), e
+            outcomes.append(got.outcome)
+        else:
+            got_c, want_c = ledger.apply_commission(e), reference.apply_commission(e)
+            assert got_c == want_c, e
+            outcomes.append(got_c)
+    assert_same_ledger(ledger, reference)
+    return ledger, sources, outcomes
+
+
+def test_correction_moves_an_unread_fill_to_another_strategy_and_instrument() -> None:
+    b1 = fill(5, "SELL", 3, 50, instrument=MSFT_, strategy="beta")
+    moved = fill(2, "BUY", 10, 110, strategy="beta", instrument=MSFT_, revision=2, seconds=9)
+    _, sources, outcomes = restart_case([A1, A2, b1], [moved, A2, moved])
+    assert outcomes == [FillOutcome.CORRECTION, FillOutcome.STALE, FillOutcome.DUPLICATE]
+    assert sources[A1.key].reads == 1
+
+
+def test_correction_moves_the_only_fill_of_an_unread_key_away_then_the_key_reopens() -> None:
+    only = fill(7, "BUY", 2, 100, instrument=MSFT_)
+    moved = fill(7, "BUY", 2, 100, instrument=MSFT_, strategy="beta", revision=2)
+    again = fill(8, "SELL", 1, 101, instrument=MSFT_)
+    ledger, _, _ = restart_case([A1, only], [moved, again])
+    assert ledger.position(moved.key) == fold(moved).position(moved.key)
+    assert ledger.position(only.key) == fold(again).position(only.key)
+
+
+def test_commission_in_another_currency_for_an_unread_fill() -> None:
+    usd = CommissionReport(A1.exec_id, 1.0, "USD")
+    eur = CommissionReport(A1.exec_id, 0.9, "EUR")
+    ledger, _, outcomes = restart_case(
+        [A1, A2, usd, CommissionReport(A2.exec_id, 2.0, "USD")],
+        [eur, CommissionReport(A2.exec_id, 2.0, "USD")])
+    assert outcomes == [CommissionOutcome.CHANGED, CommissionOutcome.DUPLICATE]
+    totals = ledger.commissions(A1.key)
+    assert (totals.by_currency, totals.pending) == ((("EUR", 0.9), ("USD", 2.0)), 0)
+    assert math.isnan(totals.total)
+
+
+def test_commission_for_a_fill_added_after_restart_is_counted_without_reading() -> None:
+    a3 = fill(3, "BUY", 1, 100)
+    ledger, sources, _ = restart_case(
+        [A1, A2, CommissionReport(A1.exec_id, 1.0, "USD")],
+        [a3, CommissionReport(a3.exec_id, 0.5, "EUR")])
+    assert sources[A1.key].reads == 1  # the final comparison reads every fill
+    totals = ledger.commissions(A1.key)
+    assert (totals.by_currency, totals.pending) == ((("EUR", 0.5), ("USD", 1.0)), 1)
+
+
+def test_equal_times_order_by_exec_id_after_restart() -> None:
+    """A new fill at the time of the restored key's last fill folds onto it when its exec_id
+    sorts after that fill's, and makes the key refold from its fills when it sorts before."""
+    late = fill(9, "SELL", 4, 120, seconds=2)  # same time as A2, exec_id sorts after
+    ledger, sources = restored(A1, A2)
+    ledger.apply_fill(late)
+    assert sources[A1.key].reads == 0
+    assert ledger.position(A1.key) == fold(A1, A2, late).position(A1.key)
+    before_a2 = Fill(exec_id="0000e215.00000001.00.01", account="DU111", strategy="alpha",
+                     instrument=A1.instrument, side=A1.side, qty=2, price=130,
+                     time=A2.time)  # same time as A2, exec_id sorts before A2's
+    assert before_a2.sort_key() < A2.sort_key()
+    ledger.apply_fill(before_a2)
+    assert sources[A1.key].reads == 1
+    assert ledger.position(A1.key) == fold(A1, A2, late, before_a2).position(A1.key)
+    restart_case([A1, A2], [late, before_a2])
+
+
+def test_flat_restored_key_reopens_without_reading_its_fills() -> None:
+    closed = fill(3, "SELL", 20, 120)
+    reopen = fill(4, "SELL", 5, 130)
+    ledger, sources = restored(A1, A2, closed)
+    assert ledger.position(A1.key).is_flat  # type: ignore[union-attr]
+    ledger.apply_fill(reopen)
+    assert sources[A1.key].reads == 0
+    assert ledger.position(A1.key) == fold(A1, A2, closed, reopen).position(A1.key)
+    restart_case([A1, A2, closed], [reopen])
+
+
+def test_stale_revision_with_other_facts_after_restart_is_ignored() -> None:
+    corrected = fill(2, "BUY", 4, 90, revision=3)
+    stale = fill(2, "SELL", 7, 95, revision=2, seconds=30)  # never seen, older revision
+    ledger, _, outcomes = restart_case([A1, A2, corrected], [stale, A2])
+    assert outcomes == [FillOutcome.STALE, FillOutcome.STALE]
+    assert ledger.knows("DU111", stale.exec_id) and not ledger.knows(
+        "DU111", fill(2, "BUY", 4, 90, revision=4).exec_id)
+
+
+def test_correction_moves_a_fill_into_an_unread_key_before_its_last_fill() -> None:
+    b1 = fill(5, "BUY", 3, 50, strategy="beta")
+    into_alpha = fill(5, "BUY", 3, 50, revision=2, seconds=1.5)  # between A1 and A2
+    _, sources, _ = restart_case([A1, A2, b1], [into_alpha])
+    assert sources[A1.key].reads == 1 and sources[b1.key].reads == 1
+
+
+def test_two_accounts_with_the_same_exec_id_base_are_two_executions() -> None:
+    other = fill(1, "SELL", 3, 99, account="DU222")  # same exec_id as A1, other account
+    corrected_other = fill(1, "SELL", 2, 98, account="DU222", revision=2)
+    _, _, outcomes = restart_case([A1, A2, other], [corrected_other, A1])
+    assert outcomes == [FillOutcome.CORRECTION, FillOutcome.DUPLICATE]

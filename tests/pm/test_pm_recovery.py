@@ -5,7 +5,10 @@ never stopped."""
 from __future__ import annotations
 
 import logging
+import math
+import random
 import warnings
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +19,7 @@ from backend.core.portfolio_manager import PortfolioManager
 from backend.storage import SymbolWrite, open_store
 from backend.storage.schema import PORTFOLIO, POSITIONS, SCHEMAS
 
-from .ib_objects import AAPL, ACCOUNT, MSFT, fill_msg, ib_fill, read
+from .ib_objects import AAPL, ACCOUNT, ES, MSFT, T0, dict_fill, fill_msg, ib_fill, read
 from .stream import assert_same, make_stream, snapshot
 
 STREAM = make_stream(400, seed=5)
@@ -145,4 +148,125 @@ async def test_positions_of_an_older_schema_are_refolded_and_rewritten(
                r.getMessage() for r in caplog.records)
     for strategy in strategies:
         assert list(read(uri, POSITIONS, strategy).columns) == list(SCHEMAS[POSITIONS])
+    assert_same(snapshot(uri), snapshot(ref))
+
+
+def adversarial_stream(n: int, seed: int) -> tuple[list[dict[str, Any]], list[str]]:
+    """Fills at few distinct seconds (equal times order by exec_id), two accounts, fills no
+    strategy claims (``_unattributed``), re-deliveries, late commission reports in USD or EUR,
+    corrections that move an execution to another strategy, instrument, time or side, and
+    stale revisions re-sent after their correction. Returns the stream and what each message
+    is."""
+    rng = random.Random(seed)
+    out: list[dict[str, Any]] = []
+    kinds: list[str] = []
+    live: list[list[Any]] = []  # [strategy, fill dict, revision] per execution
+    sent: list[tuple[str, dict[str, Any]]] = []  # every version sent
+    k = 0
+
+    def emit(kind: str, strategy: str, fill: dict[str, Any]) -> None:
+        out.append(fill_msg(strategy, fill))
+        kinds.append(kind)
+
+    while len(out) < n:
+        r = rng.random()
+        if r < 0.45 or not live:
+            k += 1
+            strategy = rng.choice(("alpha", "beta", ""))
+            fill = dict_fill(k, rng.choice(("BOT", "SLD")), float(rng.randint(1, 6)),
+                             round(rng.uniform(95, 105), 2), account=rng.choice(("DU111", "DU222")),
+                             contract=rng.choice((AAPL, ES, MSFT)),
+                             seconds=float(rng.randint(0, 12)),
+                             commission=None if rng.random() < 0.5 else 1.0)
+            live.append([strategy, fill, 1])
+            sent.append((strategy, fill))
+            emit("new", strategy, fill)
+        elif r < 0.55:
+            emit("duplicate", *rng.choice(sent))
+        elif r < 0.65:
+            strategy, fill, _ = rng.choice(live)
+            report = {"execId": fill["execution"]["execId"], "commission": rng.choice((1.5, 2.0)),
+                      "currency": rng.choice(("USD", "EUR")), "realizedPNL": 0.0}
+            emit("commission", strategy, {**fill, "commissionReport": report})
+        elif r < 0.85:
+            item = rng.choice(live)
+            strategy, fill, revision = item
+            revision += 1
+            execution = dict(fill["execution"])
+            execution["execId"] = execution["execId"][:-2] + f"{revision:02x}"
+            contract, what = fill["contract"], rng.choice(("strategy", "instrument", "time",
+                                                           "side", "qty_price"))
+            if what == "strategy":
+                strategy = rng.choice(("alpha", "beta", ""))
+            elif what == "instrument":
+                contract = dict(rng.choice((AAPL, ES, MSFT)))
+            elif what == "time":
+                execution["time"] = (T0 + timedelta(seconds=rng.randint(0, 12))).isoformat()
+            elif what == "side":
+                execution["side"] = "SLD" if execution["side"] == "BOT" else "BOT"
+            else:
+                execution["shares"] = float(rng.randint(1, 6))
+                execution["price"] = round(rng.uniform(95, 105), 2)
+            report = None if rng.random() < 0.5 else {
+                "execId": execution["execId"], "commission": 0.5,
+                "currency": rng.choice(("USD", "EUR")), "realizedPNL": 0.0}
+            fixed = {**fill, "contract": contract, "execution": execution,
+                     "commissionReport": report}
+            item[:] = [strategy, fixed, revision]
+            sent.append((strategy, fixed))
+            emit(f"correction:{what}", strategy, fixed)
+        else:
+            emit("resend", *rng.choice(sent))  # stale when a correction followed it
+    return out, kinds
+
+
+def ledger_state(pm: PortfolioManager) -> dict[str, Any]:
+    """The manager's in-memory state, NaN as None (so that equal states compare equal)."""
+    ledger = pm.ledger
+
+    def clean(x: Any) -> Any:
+        return None if isinstance(x, float) and math.isnan(x) else x
+
+    keys = sorted(ledger.keys())
+    positions = {}
+    for key in keys:
+        pos = ledger.position(key)
+        assert pos is not None
+        positions[key] = (pos.qty, clean(pos.avg_cost), round(pos.realized_pnl, 6),
+                          pos.fill_count, pos.last_exec_id, clean(pos.open_price_min),
+                          clean(pos.open_price_max), ledger.last_fill_time(key))
+    commissions = {k: ([(c, round(v, 9)) for c, v in ledger.commissions(k).by_currency],
+                       ledger.commissions(k).pending) for k in keys}
+    marks = {c["conId"]: clean(ledger.mark(c["conId"])) for c in (AAPL, ES, MSFT)}
+    return {"positions": positions, "commissions": commissions, "marks": marks,
+            "executions": len(ledger)}
+
+
+ADVERSARIAL, KINDS = adversarial_stream(160, seed=11)
+
+
+@pytest.mark.parametrize("cut", [40, 90, 130])
+@pytest.mark.asyncio
+async def test_restart_in_an_adversarial_stream_equals_a_run_that_never_stopped(
+        tmp_path: Path, cut: int) -> None:
+    """Restart at a cut, then the whole stream again (re-deliveries, stale revisions,
+    corrections of restored executions into other books and instruments, late reports in
+    another currency, equal times): libraries AND in-memory state equal an uninterrupted run's.
+    """
+    after = KINDS[cut:]
+    assert {"correction:strategy", "correction:instrument", "correction:time",
+            "correction:side", "commission", "resend"} <= set(after)
+    uri, ref = f"lmdb://{tmp_path / 'a'}", f"lmdb://{tmp_path / 'ref'}"
+    async with PortfolioManager(ref) as pm:
+        for msg in ADVERSARIAL:
+            await pm.process_message(msg)
+        await pm.flush()
+        expected = ledger_state(pm)
+    await ingest(uri, ADVERSARIAL[:cut])
+    async with PortfolioManager(uri) as pm:
+        assert pm.ledger.restored_keys == len(list(pm.ledger.keys())) > 0
+        for msg in ADVERSARIAL:
+            await pm.process_message(msg)
+        await pm.flush()
+        assert ledger_state(pm) == expected
     assert_same(snapshot(uri), snapshot(ref))
