@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol
@@ -319,13 +319,17 @@ async def run_once(
 
     written = books is not None and opts.write_portfolio
     if books is not None and opts.write_portfolio:
-        for r in runs:
+        for i, r in enumerate(runs):
             # Always set (an empty frame clears residuals that are resolved now). A skipped
             # key was not compared: its last residual is carried, not cleared.
             carried = await anyio.to_thread.run_sync(
                 persist.carried_residuals, store, r.account,
                 [c for acc, c in opts.skip if acc == r.account])
             r.report["carried_residuals"] = sorted(int(c) for c in carried["con_id"])
+            if not carried.empty and r.outcome is Outcome.CLEAN:
+                # The carried row is a discrepancy nobody has seen resolved: not clean.
+                r.report["outcome"] = str(Outcome.BREAKS)
+                runs[i] = replace(r, outcome=Outcome.BREAKS)
             await books.set_residuals(r.account, persist.with_carried(persist.portfolio_frame(
                 (p for p in r.priced if p.row.strategy == RESIDUAL), snap.taken_at), carried))
         await books.flush()

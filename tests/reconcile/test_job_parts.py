@@ -302,6 +302,11 @@ async def test_a_skipped_key_keeps_its_residual_row() -> None:
     # Carried as measured: the earlier run's time, and the report says it was carried.
     assert books.store.read(PORTFOLIO, ACCT)["timestamp"].tolist() == measured_at
     assert report["carried_residuals"] == [AAPL.con_id]
+    # Nothing else disagrees, but the carried residual is unresolved: not a clean run.
+    assert busy.accounts[0].result is not None
+    assert busy.accounts[0].result.clean
+    assert busy.outcome is Outcome.BREAKS
+    assert report["outcome"] == "breaks"
 
     # Compared again (no skip) and resolved: now it is cleared.
     ib.positions = (BrokerPosition(ACCT, AAPL, 100.0, 150.0, market_price=151.0),)
