@@ -46,8 +46,11 @@ but not IB's average (alpha 100 @ 10, beta 100 @ 20, alpha sells 50: IB 150 @ 15
 Such breaks carry ``shared=True`` (detail SHARED, or NETTED when the sides are opposite) and
 :attr:`Tolerances.check_shared_avg_cost` switches the check off for every shared key. Only a
 key one strategy has ever held compares like with like. IB's ``averageCost`` also includes
-the commissions of the opening fills while ours is gross: small lots (one option contract,
-a few shares) can drift by more than the default relative tolerance for that reason alone.
+the commissions of the opening fills while ours is gross (one option contract bought at 3.20
+with 0.65 commission: IB 3.2065, us 3.20). So IB's figure may sit above the blend (long) or
+below it (short) by up to the known commissions of the same-side rows per unit held
+(:attr:`StrategyHolding.commissions`, all of the key's fills: an upper bound) before it is a
+drift; commissions not known yet allow nothing.
 
 Both averages are in price units: the IB adapter divides IB's ``averageCost`` (price x
 multiplier: ES x50, equity options x100) by the multiplier before building a
@@ -132,8 +135,12 @@ class Tolerances:
     def qty_for(self, sec_type: str) -> float:
         return self.qty_by_sec_type.get(sec_type, self.qty_default)
 
-    def avg_cost_close(self, a: float, b: float) -> bool:
-        return abs(a - b) <= max(self.avg_cost_abs, self.avg_cost_rel * max(abs(a), abs(b)))
+    def avg_cost_close(self, a: float, b: float, shift: float = 0.0) -> bool:
+        """``a`` (IB's) within tolerance of ``b`` (ours), or of ``b`` moved towards ``b +
+        shift`` by up to ``shift`` (the commissions IB folds into its average)."""
+        tol = max(self.avg_cost_abs, self.avg_cost_rel * max(abs(a), abs(b)))
+        low, high = (b, b + shift) if shift >= 0 else (b + shift, b)
+        return low - tol <= a <= high + tol
 
     def to_dict(self) -> dict[str, Any]:
         return {"qty_default": self.qty_default, "qty_by_sec_type": dict(self.qty_by_sec_type),
@@ -161,6 +168,10 @@ class StrategyHolding:
     qty: float
     avg_cost: float = NAN
     realized_pnl: float = 0.0
+    # Known commissions paid on this key, in the instrument's currency (all its fills, closing
+    # ones and earlier round trips too: an upper bound of what the open lot's opening fills
+    # paid). NaN when unknown or in another currency. Used only to bound AVG_COST_DRIFT.
+    commissions: float = NAN
 
     def __post_init__(self) -> None:
         _require_str("account", self.account, nonempty=True)
@@ -168,7 +179,7 @@ class StrategyHolding:
         if not isinstance(self.instrument, Instrument):
             raise InvalidFieldError("instrument", self.instrument, "must be an Instrument")
         _require_finite("qty", self.qty)
-        for name in ("avg_cost", "realized_pnl"):
+        for name in ("avg_cost", "realized_pnl", "commissions"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or math.isinf(value):
                 raise InvalidFieldError(name, value, "must be a finite number or NaN")
@@ -434,14 +445,16 @@ def _reconcile_key(
     broker_avg = broker.avg_cost if broker is not None else NAN
     if (broker_side != 0 and broker_side == net_side and not math.isnan(broker_avg)
             and not math.isnan(blended) and (tol.check_netted_avg_cost or not netted)
-            and (tol.check_shared_avg_cost or not shared)
-            and not tol.avg_cost_close(broker_avg, blended)):
-        breaks.append(Break(
-            kind=BreakKind.AVG_COST_DRIFT,
-            detail=(BreakDetail.NETTED if netted
-                    else BreakDetail.SHARED if shared else BreakDetail.NONE),
-            message=f"IB average cost {broker_avg:g} vs strategies' blended {blended:g} "
-                    "(price units)", **common()))
+            and (tol.check_shared_avg_cost or not shared)):
+        allowance = _commission_allowance(open_rows, net_side, qtol, instrument.multiplier)
+        if not tol.avg_cost_close(broker_avg, blended, allowance * net_side):
+            breaks.append(Break(
+                kind=BreakKind.AVG_COST_DRIFT,
+                detail=(BreakDetail.NETTED if netted
+                        else BreakDetail.SHARED if shared else BreakDetail.NONE),
+                message=(f"IB average cost {broker_avg:g} vs strategies' blended {blended:g} "
+                         "(price units)" + (f", beyond the commissions' share {allowance:g}"
+                                            if allowance else "")), **common()))
 
     for r in open_rows:
         if r.strategy == unattributed:
@@ -464,6 +477,20 @@ def _blended_avg(open_rows: list[StrategyHolding], net_side: int, qtol: float) -
     weight = math.fsum(abs(r.qty) for r in side)
     cost = math.fsum(abs(r.qty) * r.avg_cost for r in side)  # a NaN average poisons it
     return cost / weight if weight > 0 else NAN
+
+
+def _commission_allowance(open_rows: list[StrategyHolding], net_side: int, qtol: float,
+                          multiplier: float) -> float:
+    """How far (price units, >= 0) commissions can move IB's average from the gross blend.
+
+    IB's ``averageCost`` includes the commissions of the opening fills (a long costs more, a
+    short's proceeds are less), ours is gross. The known commissions of the same-side rows per
+    unit held bound that shift; unknown ones (NaN) add nothing, so the check stays strict.
+    """
+    side = [r for r in open_rows if _sign(r.qty, qtol) == net_side]
+    paid = math.fsum(r.commissions for r in side if math.isfinite(r.commissions))
+    units = math.fsum(abs(r.qty) for r in side) * multiplier
+    return max(paid, 0.0) / units if units > 0 else 0.0
 
 
 # --------------------------------------------------------------------------------------------

@@ -45,9 +45,9 @@ def holdings_from_frame(frame: pd.DataFrame, strategy: str,
     if account is not None:
         frame = frame[frame["account"] == account]
     cols = ("account", "con_id", "symbol", "sec_type", "currency", "multiplier", "qty",
-            "avg_cost", "realized_pnl")
+            "avg_cost", "realized_pnl", "commissions", "commission_currency")
     out: list[StrategyHolding] = []
-    for acct, con_id, symbol, sec_type, ccy, mult, qty, avg, realized in zip(
+    for acct, con_id, symbol, sec_type, ccy, mult, qty, avg, realized, fees, fee_ccy in zip(
             *(frame[c].tolist() for c in cols), strict=True):
         inst = Instrument(con_id=int(con_id), symbol=_text(symbol),
                           sec_type=_text(sec_type) or "STK", currency=_text(ccy),
@@ -55,7 +55,9 @@ def holdings_from_frame(frame: pd.DataFrame, strategy: str,
         out.append(StrategyHolding(
             account=str(acct), strategy=strategy, instrument=inst,
             qty=0.0 if is_flat(float(qty)) else float(qty), avg_cost=float(avg),
-            realized_pnl=float(realized)))
+            realized_pnl=float(realized),
+            # in another currency they say nothing about a price-unit average
+            commissions=float(fees) if _text(fee_ccy) == inst.currency else math.nan))
     return out
 
 

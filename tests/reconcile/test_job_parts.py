@@ -330,3 +330,34 @@ async def test_an_account_missing_from_the_snapshot_is_not_flat() -> None:
     assert books.residual_frames == []
     assert books.store.list_symbols(PORTFOLIO) == []
     assert books.store.read(RECONCILIATION, ACCT)["outcome"].tolist() == ["failed"]
+
+
+def test_holdings_carry_commissions_in_the_instruments_currency_only() -> None:
+    frame = positions_frame([
+        {"account": ACCT, "con_id": 1, "qty": 10.0, "avg_cost": 20.0, "commissions": 1.0},
+        {"account": ACCT, "con_id": 2, "qty": 10.0, "avg_cost": 20.0, "commissions": 1.0,
+         "commission_currency": "EUR"},  # says nothing about a USD average
+        {"account": ACCT, "con_id": 3, "qty": 10.0, "avg_cost": 20.0,
+         "commissions": math.nan}])  # unknown (mixed currencies)
+    fees = {h.con_id: h.commissions for h in persist.holdings_from_frame(frame, "trend")}
+    assert fees[1] == 1.0
+    assert math.isnan(fees[2])
+    assert math.isnan(fees[3])
+
+
+@pytest.mark.asyncio
+async def test_a_run_allows_ibs_average_its_commissions() -> None:
+    """IB's averageCost includes the opening commission (10 shares at 20.00, 1.00 paid:
+    IB says 20.10): the stored row's commissions explain it, so the run is clean."""
+    store = open_store("memory://")
+    store.commit([SymbolWrite(POSITIONS, "trend", state=positions_frame([
+        {"account": ACCT, "con_id": AAPL.con_id, "qty": 10.0, "avg_cost": 20.0,
+         "commissions": 1.0}]))])
+    books = FakeBooks(store)
+    ib = FakeBroker([BrokerPosition(ACCT, AAPL, 10.0, 20.10, market_price=21.0)])
+    clean = await run_once(ib, books=books, options=RunOptions(), clock=lambda: T0)
+    assert clean.outcome is Outcome.CLEAN
+    ib.positions = (BrokerPosition(ACCT, AAPL, 10.0, 20.20, market_price=21.0),)
+    drifted = await run_once(ib, books=books, options=RunOptions(), clock=lambda: T0)
+    assert drifted.outcome is Outcome.BREAKS
+    assert [b["kind"] for b in drifted.accounts[0].report["breaks"]] == ["AVG_COST_DRIFT"]

@@ -604,3 +604,53 @@ def test_property_strategy_rows_come_out_as_they_went_in(
         assert all(a is b for a, b in zip(e.strategy_rows, mine, strict=True))
         # No residual or break ever names a real strategy's row as changed.
         assert all(r.strategy == RESIDUAL for r in e.rows[len(mine):])
+
+
+# ------------------------------------------------------------------ commissions in IB's average
+
+def with_fees(row: StrategyHolding, commissions: float) -> StrategyHolding:
+    return StrategyHolding(account=row.account, strategy=row.strategy, instrument=row.instrument,
+                           qty=row.qty, avg_cost=row.avg_cost, realized_pnl=row.realized_pnl,
+                           commissions=commissions)
+
+
+def drift(rows: list[StrategyHolding], ib: BrokerPosition) -> list[Break]:
+    return [b for b in reconcile(rows, [ib]).breaks if b.kind is BreakKind.AVG_COST_DRIFT]
+
+
+def test_ib_average_with_the_opening_commission_is_no_drift() -> None:
+    # One call bought at 3.20 with 0.65 commission: IB's averageCost 320.65 -> 3.2065.
+    long = hold("vol", OPT, 1.0, 3.20)
+    assert drift([with_fees(long, 0.65)], broker(OPT, 1.0, 3.2065)) == []
+    # The commission not known yet: nothing is allowed, the drift shows.
+    assert len(drift([long], broker(OPT, 1.0, 3.2065))) == 1
+    # More than the commissions explain is a drift, and says so.
+    [brk] = drift([with_fees(long, 0.65)], broker(OPT, 1.0, 3.21))
+    assert "beyond the commissions' share 0.0065" in brk.message
+
+
+def test_commissions_move_a_short_average_down_only() -> None:
+    short = with_fees(hold("vol", OPT, -2.0, 3.20), 1.30)  # proceeds less 0.0065 per unit
+    assert drift([short], broker(OPT, -2.0, 3.1935)) == []
+    assert len(drift([short], broker(OPT, -2.0, 3.2065))) == 1  # the wrong way: a drift
+    long = with_fees(hold("trend", AAPL, 10.0, 20.0), 1.0)  # 0.10 per share
+    assert drift([long], broker(AAPL, 10.0, 20.10)) == []
+    assert len(drift([long], broker(AAPL, 10.0, 19.90))) == 1
+
+
+def test_commission_allowance_of_a_blend_counts_the_same_side_rows() -> None:
+    # Two longs (20 @ 10 with 2.0 paid, 20 @ 10 with 0.0) and a short with a large fee: the
+    # allowance is (2.0 + 0.0) / 40 = 0.05; the short's fee does not widen it.
+    rows = [with_fees(hold("a", AAPL, 20.0, 10.0), 2.0),
+            with_fees(hold("b", AAPL, 20.0, 10.0), 0.0),
+            with_fees(hold("c", AAPL, -10.0, 9.0), 50.0)]
+    tol = Tolerances(check_netted_avg_cost=True)
+    assert [b for b in reconcile(rows, [broker(AAPL, 30.0, 10.05)], tol).breaks
+            if b.kind is BreakKind.AVG_COST_DRIFT] == []
+    assert len([b for b in reconcile(rows, [broker(AAPL, 30.0, 10.06)], tol).breaks
+                if b.kind is BreakKind.AVG_COST_DRIFT]) == 1
+
+
+def test_commissions_must_be_a_number() -> None:
+    with pytest.raises(InvalidFieldError, match="commissions"):
+        with_fees(hold("a", AAPL, 1.0, 10.0), math.inf)
