@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import logging
+import math
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from backend.cli import main as cli_main
 from backend.ib.simulator import Faults, Scenario, SimulatorThread
 from backend.ib.simulator.pytest_plugin import SimFactory
 from backend.storage import open_store
-from backend.storage.schema import FILLS, LIBRARIES, PORTFOLIO, RECONCILIATION
+from backend.storage.schema import FILLS, LIBRARIES, PORTFOLIO, POSITIONS, RECONCILIATION, SCHEMAS
 
 
 @pytest.fixture(autouse=True)
@@ -146,3 +147,15 @@ def residual_rows(frame: pd.DataFrame) -> pd.DataFrame:
 
 def con_ids(rows: Sequence[dict[str, Any]]) -> set[int]:
     return {int(r["con_id"]) for r in rows}
+
+
+def positions_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """``positions`` rows in the stored schema: each row's keys over plain defaults."""
+    base = {"symbol": "AAPL", "sec_type": "STK", "currency": "USD", "multiplier": 1.0,
+            "realized_pnl": 0.0, "commissions": 0.0, "commission_currency": "USD",
+            "commissions_pending": 0, "unrealized_pnl": math.nan, "mark_price": math.nan,
+            "fill_count": 1, "last_updated": pd.Timestamp("2026-11-20 15:00"),
+            "last_exec_id": "x.01", "open_price_min": math.nan, "open_price_max": math.nan,
+            "watermark": 1}
+    frame = pd.DataFrame([{**base, **r} for r in rows], columns=list(SCHEMAS[POSITIONS]))
+    return frame.astype(SCHEMAS[POSITIONS])

@@ -8,7 +8,6 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pandas as pd
 import pytest
@@ -32,7 +31,9 @@ from backend.reconcile.job import (
 from backend.reconcile.periodic import ActivityWindow, PeriodicReconciler, Skip
 from backend.storage import open_store
 from backend.storage.api import Store, SymbolWrite
-from backend.storage.schema import PORTFOLIO, POSITIONS, RECONCILIATION, SCHEMAS
+from backend.storage.schema import PORTFOLIO, POSITIONS, RECONCILIATION
+
+from .conftest import positions_frame
 
 ACCT = "DU111"
 AAPL = Instrument(con_id=265598, symbol="AAPL")
@@ -255,17 +256,6 @@ class FakeBooks:
     async def set_residuals(self, account: str, frame: pd.DataFrame) -> None:
         self.residual_frames.append((account, frame))
         self._store.commit([persist.portfolio_write(account, frame, "run")])
-
-
-def positions_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    base = {"symbol": "AAPL", "sec_type": "STK", "currency": "USD", "multiplier": 1.0,
-            "realized_pnl": 0.0, "commissions": 0.0, "commission_currency": "USD",
-            "commissions_pending": 0, "unrealized_pnl": math.nan, "mark_price": math.nan,
-            "fill_count": 1, "last_updated": pd.Timestamp("2026-11-20 15:00"),
-            "last_exec_id": "x.01", "open_price_min": math.nan, "open_price_max": math.nan,
-            "watermark": 1}
-    frame = pd.DataFrame([{**base, **r} for r in rows], columns=list(SCHEMAS[POSITIONS]))
-    return frame.astype(SCHEMAS[POSITIONS])
 
 
 def books_holding(qty: float) -> FakeBooks:

@@ -18,6 +18,8 @@ from backend.storage import open_store
 from backend.storage.api import Store, SymbolWrite
 from backend.storage.schema import FILLS, PORTFOLIO, POSITIONS, RECONCILIATION, SCHEMAS
 
+from .conftest import positions_frame
+
 ACCT = "DU111"
 AAPL = Instrument(con_id=265598, symbol="AAPL")
 ES = Instrument(con_id=495512563, symbol="ES", sec_type="FUT", multiplier=50.0)
@@ -27,17 +29,6 @@ T0 = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
 @pytest.fixture
 def store() -> Store:
     return open_store("memory://")
-
-
-def positions_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    base = {"symbol": "", "sec_type": "STK", "currency": "USD", "multiplier": 1.0,
-            "realized_pnl": 0.0, "commissions": 0.0, "commission_currency": "USD",
-            "commissions_pending": 0, "unrealized_pnl": math.nan, "mark_price": math.nan,
-            "fill_count": 1, "last_updated": pd.Timestamp("2026-11-20 15:00"),
-            "last_exec_id": "x.01", "open_price_min": math.nan, "open_price_max": math.nan,
-            "watermark": 1}
-    frame = pd.DataFrame([{**base, **r} for r in rows], columns=list(SCHEMAS[POSITIONS]))
-    return frame.astype(SCHEMAS[POSITIONS])
 
 
 def fills_frame(times: list[datetime], exec_ids: list[str], commissions: list[float]

@@ -508,20 +508,15 @@ def test_property_sum_plus_residual_is_broker(
     holdings: list[tuple[str, str, Instrument, float, float]],
     brokers: list[tuple[str, Instrument, float, float]],
 ) -> None:
-    rows: dict[tuple[str, str, int], StrategyHolding] = {}
-    for account, strategy, inst, qty, avg in holdings:
-        rows[(account, strategy, inst.con_id)] = hold(strategy, inst, qty,
-                                                      avg if qty else math.nan, account=account)
-    bps: dict[tuple[str, int], BrokerPosition] = {}
-    for account, inst, qty, avg in brokers:
-        bps[(account, inst.con_id)] = broker(inst, qty, avg, account=account)
+    rows, broker_rows = build_inputs(holdings, brokers)
+    bps = {(b.account, b.con_id): b for b in broker_rows}
     tol = Tolerances()
-    result = reconcile(list(rows.values()), list(bps.values()), tol)
+    result = reconcile(rows, broker_rows, tol)
 
     out_rows = [r for r in result.rows if r.strategy != RESIDUAL]
     # Passed through unchanged: the very same objects, each once.
     assert len(out_rows) == len(rows)
-    assert {id(r) for r in out_rows} == {id(r) for r in rows.values()}
+    assert {id(r) for r in out_rows} == {id(r) for r in rows}
     seen = set()
     for e in result.entries:
         seen.add((e.account, e.con_id))
@@ -533,7 +528,7 @@ def test_property_sum_plus_residual_is_broker(
         qty_breaks = [b for b in e.breaks if b.kind in (
             BreakKind.BROKER_ONLY, BreakKind.ARCTIC_ONLY, BreakKind.QTY_MISMATCH)]
         assert len(qty_breaks) == (1 if e.residual is not None else 0)
-    assert seen == {(r.account, r.con_id) for r in rows.values()} | set(bps)
+    assert seen == {(r.account, r.con_id) for r in rows} | set(bps)
     json.dumps(result.to_dict(), allow_nan=False)
 
 
