@@ -10,6 +10,8 @@ Rules this module enforces (the facts behind them are in docs/storage.md):
   after the tail (batched over symbols with ``append_batch``/``write_batch``), ``update`` /
   ``delete_data_in_range`` for late rows and keyed corrections, one unchanged-row-free range
   at a time. ``validate_index=True`` everywhere so unsorted data can never reach a symbol.
+* Compaction runs after the commit that made it due, one symbol per commit: symbols written
+  together (the fills of two accounts) reach the threshold together and would double the pause.
 * The writer knows each journal symbol's stored times (and key -> time for keyed libraries),
   loaded once lazily by reading only the key column (or only the index), then kept current.
 * Readers take no lease and retry a read once when a version was pruned under them.
@@ -333,16 +335,22 @@ class ArcticStore:
         self._writes_since_compact[key] = self._writes_since_compact.get(key, 0) + 1
 
     def _maybe_compact(self, keys: list[tuple[str, str]]) -> None:
+        """Compact the most written of ``keys`` once it is due: one symbol per commit, the
+        others stay due and go in the next commits."""
         if not self.compact_every:
             return
-        for key in keys:
-            if self._writes_since_compact.get(key, 0) >= self.compact_every:
-                self._writes_since_compact[key] = 0
-                try:
-                    self._compact_symbol(self._lib(key[0], create=True), key[0], key[1])
-                except StorageError as exc:
-                    # The commit itself succeeded: raising would make the caller retry it.
-                    _log.warning("inline compaction skipped: %s", exc)
+        with self._lock:
+            due = [k for k in keys
+                   if self._writes_since_compact.get(k, 0) >= self.compact_every]
+            if not due:
+                return
+            key = max(due, key=lambda k: self._writes_since_compact.get(k, 0))
+            self._writes_since_compact[key] = 0
+            try:
+                self._compact_symbol(self._lib(key[0], create=True), key[0], key[1])
+            except StorageError as exc:
+                # The commit itself succeeded: raising would make the caller retry it.
+                _log.warning("inline compaction skipped: %s", exc)
 
     def _compact_symbol(self, lib: Any, library: str, symbol: str) -> bool:
         try:

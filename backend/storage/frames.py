@@ -135,14 +135,14 @@ def conform(library: str, frame: pd.DataFrame) -> pd.DataFrame:
             f"(dtype {frame[extra[0]].dtype}); columns are {list(schema)}"
         )
     dtypes = frame.dtypes
-    if len(frame) and all(str(dtypes[n]) == t for n, t in schema.items()):
-        # Fast path (the hot path: frames built in the schema's dtypes): check text columns
-        # hold str with one pass over one object array, and only reorder columns.
-        text = [n for n, t in schema.items() if t == STR]
-        values = frame[text].to_numpy().ravel() if text else ()
-        if all(type(v) is str for v in values):
-            out = frame if list(frame.columns) == list(schema) else frame[list(schema)]
-            return out.copy()
+    # Fast path (the hot path: frames built in the schema's dtypes): check that text columns
+    # hold str, column by column (selecting them as one frame costs ~0.3 ms), and only
+    # reorder columns.
+    if (len(frame) and all(str(dtypes[n]) == t for n, t in schema.items())
+            and all(type(v) is str for n, t in schema.items() if t == STR
+                    for v in frame[n].to_numpy())):
+        out = frame if list(frame.columns) == list(schema) else frame[list(schema)]
+        return out.copy()
     data = {
         name: _conform_column(library, name, expected, frame[name])
         for name, expected in schema.items()

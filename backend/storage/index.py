@@ -141,12 +141,15 @@ def assign_unique(times_ns: np.ndarray, occupied: Occupied | None = None) -> np.
 
 
 def normalize_rows(
-    frame: pd.DataFrame, *, naive_tz: str | None = None, occupied: Occupied | None = None
+    frame: pd.DataFrame, *, naive_tz: str | None = None, occupied: Occupied | None = None,
+    owned: bool = False,
 ) -> pd.DataFrame:
     """A new frame: ``frame``'s rows with a UTC index named ``time``, sorted (stable) and
     unique (``frame`` is not modified).
 
     Uniqueness is within the batch and, when ``occupied`` is given, against stored times.
+    ``owned=True``: the caller owns ``frame`` (a copy it made): already sorted rows are not
+    copied again, ``frame`` itself gets the new index and is returned.
     """
     index = to_utc_index(frame.index, naive_tz=naive_tz)
     raw = times_ns(index)
@@ -155,7 +158,7 @@ def normalize_rows(
         out = frame.take(order)  # a new frame the caller owns (``take`` sets no _is_copy)
         index, raw = index.take(order), raw[order]
     else:
-        out = frame.copy()
+        out = frame if owned else frame.copy()
     times = assign_unique(raw, occupied)
     # the hot path (already unique): keep the UTC index rather than rebuild it (~60 us)
     out.index = index if np.array_equal(times, raw) else ns_index(times)

@@ -73,6 +73,22 @@ def test_normalize_rows_leaves_its_input_alone_and_refuses_naive_without_zone() 
         normalize_rows(frame)
 
 
+def test_normalize_rows_owned_reuses_a_sorted_frame_and_copies_an_unsorted_one() -> None:
+    """``owned=True`` (the store's own copy): sorted rows get their unique index in place;
+    unsorted rows still come back as a new frame and the input keeps its order."""
+    t = pd.Timestamp("2026-01-01", tz="UTC")
+    sorted_frame = pd.DataFrame({"v": ["a", "b"]}, index=pd.DatetimeIndex([t, t]))
+    out = normalize_rows(sorted_frame, owned=True)
+    assert out is sorted_frame
+    assert list(sorted_frame.index) == [t, t + pd.Timedelta(1, "ns")]
+    unsorted = pd.DataFrame({"v": ["b", "a"]},
+                            index=pd.DatetimeIndex([t + pd.Timedelta(seconds=1), t]))
+    out = normalize_rows(unsorted, owned=True)
+    assert out is not unsorted
+    assert list(out["v"]) == ["a", "b"]
+    assert list(unsorted["v"]) == ["b", "a"]
+
+
 def test_the_persistence_path_normalizes_with_normalize_rows(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """``plan.prepare`` (both stores' commit path) calls index.normalize_rows once per journal

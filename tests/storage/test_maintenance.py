@@ -57,6 +57,30 @@ def test_writer_compacts_inline_every_n_writes(uri: str) -> None:
         store.close()
 
 
+def test_symbols_written_together_are_compacted_on_consecutive_commits(uri: str) -> None:
+    """Two accounts' fills reach ``compact_every`` in the same commit: one is compacted after
+    that commit, the other after the next one (one compaction pause per commit, not two)."""
+    store = open_store(uri, compact_every=10)
+    try:
+        assert isinstance(store, ArcticStore)
+        for i in range(11):
+            t = pd.Timestamp("2026-01-01", tz="UTC") + pd.Timedelta(seconds=i)
+            store.commit([SymbolWrite("fills", acct, rows=fills([(str(t), f"{acct}e{i}", 1.0)]))
+                          for acct in ("U1", "U2")])
+            counts = [len(store.list_versions("fills", a)) for a in ("U1", "U2")]
+            if i < 9:
+                assert counts == [i + 1, i + 1]
+            elif i == 9:  # both due: exactly one of them got its compaction version
+                assert sorted(counts) == [10, 11]
+            else:  # the other one now, beside its 11th append
+                assert counts == [12, 12]
+        for acct in ("U1", "U2"):
+            assert list(store.read("fills", acct)["exec_id_base"]) == [
+                f"{acct}e{i}" for i in range(11)]
+    finally:
+        store.close()
+
+
 def test_cli_snapshot_compact_and_prune(uri: str, capsys: pytest.CaptureFixture[str]) -> None:
     store = open_store(uri)
     _one_row_commits(store, 5)
