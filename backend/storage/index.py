@@ -144,12 +144,11 @@ def normalize_rows(
     frame: pd.DataFrame, *, naive_tz: str | None = None, occupied: Occupied | None = None,
     owned: bool = False,
 ) -> pd.DataFrame:
-    """A new frame: ``frame``'s rows with a UTC index named ``time``, sorted (stable) and
-    unique (``frame`` is not modified).
+    """``frame``'s rows with a UTC index named ``time``, sorted (stable) and unique: a new
+    frame, ``frame`` left as it is, unless ``owned=True`` (the caller's own copy), where
+    already sorted rows are not copied again: ``frame`` itself gets the index and is returned.
 
     Uniqueness is within the batch and, when ``occupied`` is given, against stored times.
-    ``owned=True``: the caller owns ``frame`` (a copy it made): already sorted rows are not
-    copied again, ``frame`` itself gets the new index and is returned.
     """
     index = to_utc_index(frame.index, naive_tz=naive_tz)
     raw = times_ns(index)
