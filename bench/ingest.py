@@ -16,10 +16,13 @@ Measures, on lmdb:// under a temporary directory:
   positions of the throughput phase restored from their rows, checked against ``fills``,
   plus the fixed-load phase's messages replayed from the journal).
 
-Usage: ``python bench/ingest.py [--fills 20000] [--naive 300] [--seconds 5]``. The last line
-is one JSON object. ``--recovery-fills N`` only measures recovery of N stored fills: once
-with no positions rows (every key refolded from its fills, as after a disagreement), once
-from the positions rows the first run wrote.
+``fills_per_s`` and ``raw_rows_per_s`` are medians of ``--repeat`` runs (fresh roots): on a
+shared box one 20-append raw run moves by 2x from run to run, which made the ratio noise.
+
+Usage: ``python bench/ingest.py [--fills 20000] [--naive 300] [--seconds 5] [--repeat 3]``.
+The last line is one JSON object. ``--recovery-fills N`` only measures recovery of N stored
+fills: once with no positions rows (every key refolded from its fills, as after a
+disagreement), once from the positions rows the first run wrote.
 """
 
 from __future__ import annotations
@@ -230,13 +233,18 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             return await recovery_only(work, args.recovery_fills)
         messages = make_messages(0, args.fills)
         load = make_messages(args.fills, int(args.seconds * 1000))
-        uri = f"lmdb://{work / 'micro'}"
-        fills_per_s = await throughput(uri, messages)
-        print(f"microbatched: {fills_per_s:,.0f} fills/s ({args.fills} fills)", file=sys.stderr)
+        uri = f"lmdb://{work / 'micro'}"  # the first run's root: recovery reopens it below
+        runs = [await throughput(uri if i == 0 else f"lmdb://{work / f'micro{i}'}", messages)
+                for i in range(args.repeat)]
+        fills_per_s = statistics.median(runs)
+        print(f"microbatched: {fills_per_s:,.0f} fills/s ({args.fills} fills; median of "
+              f"{', '.join(f'{r:,.0f}' for r in runs)})", file=sys.stderr)
         naive_per_s = naive(f"lmdb://{work / 'naive'}", make_messages(0, args.naive))
         print(f"naive: {naive_per_s:,.1f} fills/s ({args.naive} fills)", file=sys.stderr)
-        raw_per_s = raw(work / "raw", messages)
-        print(f"raw append ceiling: {raw_per_s:,.0f} rows/s", file=sys.stderr)
+        raws = [raw(work / f"raw{i}", messages) for i in range(args.repeat)]
+        raw_per_s = statistics.median(raws)
+        print(f"raw append ceiling: {raw_per_s:,.0f} rows/s (median of "
+              f"{', '.join(f'{r:,.0f}' for r in raws)})", file=sys.stderr)
         latencies, state_latencies, lag = await fixed_load(
             f"lmdb://{work / 'latency'}", load, 1000.0)
         cuts = statistics.quantiles([x * 1000 for x in latencies], n=100)
@@ -304,5 +312,10 @@ if __name__ == "__main__":
     parser.add_argument("--fills", type=int, default=20_000)
     parser.add_argument("--naive", type=int, default=300)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="throughput and raw runs; their medians are reported")
     parser.add_argument("--recovery-fills", type=int, default=0)
-    print(json.dumps(asyncio.run(main(parser.parse_args()))))
+    parsed = parser.parse_args()
+    if parsed.repeat < 1:
+        parser.error(f"--repeat={parsed.repeat}: must be >= 1")
+    print(json.dumps(asyncio.run(main(parsed))))

@@ -38,13 +38,19 @@ def test_reconcile_bench() -> None:
 
 
 def test_ingest_bench() -> None:
-    text, result = bench("ingest.py", "--fills", "1000", "--naive", "20", "--seconds", "0.5")
+    text, result = bench("ingest.py", "--fills", "1000", "--naive", "20", "--seconds", "0.5",
+                         "--repeat", "2")
     assert result["fills"] == 1000
     for key in ("fills_per_s", "naive_fills_per_s", "raw_rows_per_s", "p99_ms", "loop_lag_ms",
                 "vs_naive", "vs_raw"):
         assert result[key] > 0, key
     assert result["p50_ms"] <= result["p99_ms"]
     assert any(line.startswith("ratios: ") for line in text)
+    # the throughput and the raw ceiling are medians of the runs, each run printed
+    for prefix in ("microbatched: ", "raw append ceiling: "):
+        line = next(x for x in text if x.startswith(prefix))
+        runs = line.split("median of ")[1].rstrip(")").split(", ")  # "12,345, 13,001"
+        assert len(runs) == 2, line
 
 
 def test_ingest_bench_recovery() -> None:
