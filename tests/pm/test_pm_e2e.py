@@ -12,7 +12,8 @@ import pytest
 from backend.core.model import RESIDUAL, UNATTRIBUTED
 from backend.core.portfolio_manager import PortfolioManager
 from backend.errors import InvalidInputError
-from backend.storage import SymbolWrite
+from backend.storage import SymbolWrite, open_store
+from backend.storage.arctic import ArcticStore
 from backend.storage.schema import FILLS, ORDERS, PORTFOLIO, POSITIONS, REJECTS
 
 from .ib_objects import (
@@ -425,3 +426,19 @@ async def test_set_residuals_right_after_restart_keeps_the_strategy_rows(uri: st
     port = read(uri, PORTFOLIO, ACCOUNT)
     assert port["strategy"].tolist() == ["alpha", RESIDUAL]
     assert port["qty"].tolist() == [10.0, 7.0]
+
+
+@pytest.mark.asyncio
+async def test_store_opener_sets_the_compaction_period(uri: str) -> None:
+    """The tuning knob docs/events.md names: a manager whose store compacts every 3 writes
+    adds compaction versions to ``fills`` as it ingests; every fill row is still there."""
+    async with PortfolioManager(uri, store_opener=lambda u: open_store(u, compact_every=3)
+                                ) as pm:
+        for n in range(1, 8):
+            await pm.process_message(fill_msg("alpha", dict_fill(n, "BOT", 1, 100.0 + n)))
+            await pm.flush()  # one facts commit per fill: 7 writes to fills/<account>
+        store = pm.store
+        assert isinstance(store, ArcticStore)
+        versions = len(store.list_versions(FILLS, ACCOUNT))
+        assert versions == 7 + 2  # compacted after the 3rd and the 6th write
+        assert list(store.read(FILLS, ACCOUNT)["exec_id"]) == [exec_id(n) for n in range(1, 8)]
