@@ -16,7 +16,9 @@ Empty object columns (``pd.DataFrame(columns=...)``) are accepted for any dtype.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -109,6 +111,35 @@ def _conform_column(library: str, name: str, expected: str, col: pd.Series) -> p
     raise _mismatch(library, name, expected, dtype, "unsupported schema dtype")  # pragma: no cover
 
 
+def _conform_fast(schema: dict[str, str], frame: pd.DataFrame) -> pd.DataFrame | None:
+    """The hot path: a non-empty frame with exactly the schema's columns, in order, in its
+    dtypes, text columns holding plain ``str``. Returns a shallow copy (a new frame object
+    sharing the column arrays: the store sets its own index on it and never writes into the
+    arrays), or None when the frame needs the checked, converting path.
+
+    Costs ~0.1 ms for 25 columns where the general checks cost ~0.8 ms (a Series lookup per
+    dtype and a deep copy that consolidates blocks), per symbol of every commit."""
+    if not len(frame) or frame.columns.tolist() != list(schema):
+        return None
+    if frame.dtypes.tolist() != _schema_dtypes(tuple(schema.values())):
+        return None
+    for i, expected in enumerate(schema.values()):
+        if expected == STR and not all(type(v) is str for v in _column_values(frame, i)):
+            return None
+    return frame.copy(deep=False)
+
+
+@functools.cache
+def _schema_dtypes(names: tuple[str, ...]) -> list[np.dtype[Any]]:
+    return [np.dtype(n) for n in names]
+
+
+def _column_values(frame: pd.DataFrame, i: int) -> Any:
+    """The i-th column's array without building a Series (``frame[name]`` costs ~30 us)."""
+    getter = getattr(frame, "_get_column_array", None)  # pandas internals, stable in 2.x
+    return getter(i) if getter is not None else frame.iloc[:, i].to_numpy()
+
+
 def conform(library: str, frame: pd.DataFrame) -> pd.DataFrame:
     """``frame`` with exactly the library's columns, in schema order, with schema dtypes.
 
@@ -119,6 +150,9 @@ def conform(library: str, frame: pd.DataFrame) -> pd.DataFrame:
             f"library {library!r}: expected a DataFrame, got {type(frame).__name__}"
         )
     schema = schema_of(library)
+    fast = _conform_fast(schema, frame)
+    if fast is not None:
+        return fast
     if frame.columns.has_duplicates:
         dup = frame.columns[frame.columns.duplicated()][0]
         raise SchemaMismatchError(f"library {library!r}: column {dup!r} appears twice")
@@ -134,15 +168,6 @@ def conform(library: str, frame: pd.DataFrame) -> pd.DataFrame:
             f"library {library!r}: column {extra[0]!r} is not in the schema "
             f"(dtype {frame[extra[0]].dtype}); columns are {list(schema)}"
         )
-    dtypes = frame.dtypes
-    # Fast path (the hot path: frames built in the schema's dtypes): check that text columns
-    # hold str, column by column (selecting them as one frame costs ~0.3 ms), and only
-    # reorder columns.
-    if (len(frame) and all(str(dtypes[n]) == t for n, t in schema.items())
-            and all(type(v) is str for n, t in schema.items() if t == STR
-                    for v in frame[n].to_numpy())):
-        out = frame if list(frame.columns) == list(schema) else frame[list(schema)]
-        return out.copy()
     data = {
         name: _conform_column(library, name, expected, frame[name])
         for name, expected in schema.items()

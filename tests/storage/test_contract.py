@@ -375,3 +375,18 @@ def test_text_subclasses_and_string_dtype_are_stored_as_plain_str(store: Store) 
     assert list(got["side"]) == ["BUY", "SELL"]
     assert [type(v) for v in got["side"]] == [str, str]
     assert got["symbol"].dtype == object
+
+
+def test_a_committed_frame_is_neither_changed_nor_aliased(store: Store) -> None:
+    """The schema-exact hot path takes a shallow copy: the caller's frame keeps its own index,
+    and writing into it after the commit does not reach what the store holds."""
+    rows = fills([("2026-01-01 10:00", "a", 1.0), ("2026-01-01 10:00", "b", 2.0)])
+    before_index = rows.index.copy()
+    store.commit([SymbolWrite("fills", "U1", rows=rows)])
+    assert rows.index.equals(before_index)  # the nanosecond offset went on the store's copy
+    rows.loc[rows.index[0], "price"] = 99.0
+    rows.loc[rows.index[0], "symbol"] = "MSFT"
+    got = store.read("fills", "U1")
+    assert list(got["price"]) == [1.0, 2.0]
+    assert list(got["symbol"]) == ["AAPL", "AAPL"]
+    assert got.index[1] - got.index[0] == pd.Timedelta(1, "ns")
