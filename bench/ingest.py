@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import shutil
 import statistics
@@ -150,10 +151,37 @@ def raw(root: Path, messages: list[dict[str, Any]]) -> float:
     return len(rows) / (time.perf_counter() - started)
 
 
+def max_pause(pauses: list[tuple[int, float]]) -> float:
+    return max((ms for _, ms in pauses), default=0.0)
+
+
+class GcPauses:
+    """(generation, ms) of every garbage collection while installed (gc.callbacks)."""
+
+    def __init__(self) -> None:
+        self.pauses: list[tuple[int, float]] = []
+        self._start = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.pauses.append((int(info["generation"]),
+                                (time.perf_counter() - self._start) * 1000))
+
+    def __enter__(self) -> GcPauses:
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self)
+
+
 async def fixed_load(uri: str, messages: list[dict[str, Any]], rate: float
-                     ) -> tuple[list[float], list[float], float]:
+                     ) -> tuple[list[float], list[float], float, list[tuple[int, float]]]:
     """Offer ``rate`` fills/s; returns event-to-durable latencies (s) of the fill rows and of
-    the derived positions/portfolio, and the max loop lag."""
+    the derived positions/portfolio, the max loop lag and the garbage collections (generation,
+    ms) seen meanwhile."""
     source = Source()
     sent: dict[int, float] = {}
     latencies: list[float] = []
@@ -191,20 +219,21 @@ async def fixed_load(uri: str, messages: list[dict[str, Any]], rate: float
         pm.on_state_durable = state_durable
         pm.subscribe(source)
         watcher = asyncio.create_task(monitor())
-        started = time.perf_counter()
-        for i, msg in enumerate(messages):
-            due = started + i / rate
-            delay = due - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            sent[i + 1] = time.perf_counter()
-            source.message_queue.put_nowait(msg)
-        await source.message_queue.join()
-        await pm.flush()
+        with GcPauses() as collections:
+            started = time.perf_counter()
+            for i, msg in enumerate(messages):
+                due = started + i / rate
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                sent[i + 1] = time.perf_counter()
+                source.message_queue.put_nowait(msg)
+            await source.message_queue.join()
+            await pm.flush()
         stop.set()
         await watcher
         report_stats(pm)
-    return latencies, state_latencies, lag
+    return latencies, state_latencies, lag, collections.pauses
 
 
 def simulate_crash_journal(uri: str, messages: list[dict[str, Any]]) -> None:
@@ -245,7 +274,12 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         raw_per_s = statistics.median(raws)
         print(f"raw append ceiling: {raw_per_s:,.0f} rows/s (median of "
               f"{', '.join(f'{r:,.0f}' for r in raws)})", file=sys.stderr)
-        latencies, state_latencies, lag = await fixed_load(
+        # The throughput phase's 20,000 ib_async Trades (~1.1M GC-tracked objects: every
+        # Trade carries ~20 eventkit Events) belong to that phase; kept alive, they would make
+        # each full collection of the latency phase scan them (~100 ms on a slow box).
+        del messages
+        gc.collect()
+        latencies, state_latencies, lag, pauses = await fixed_load(
             f"lmdb://{work / 'latency'}", load, 1000.0)
         cuts = statistics.quantiles([x * 1000 for x in latencies], n=100)
         p50, p99 = statistics.median(latencies) * 1000, cuts[98]
@@ -254,6 +288,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         print(f"latency at 1,000 fills/s, fill row durable: p50 {p50:.1f} ms p99 {p99:.1f} ms;"
               f" positions+portfolio durable too: p50 {state_p50:.1f} ms p99 {state_p99:.1f} ms;"
               f" max loop lag {lag * 1000:.1f} ms", file=sys.stderr)
+        print(f"garbage collections during that phase: {len(pauses)} (full: "
+              f"{sum(1 for g, _ in pauses if g == 2)}), longest {max_pause(pauses):.1f} ms",
+              file=sys.stderr)
         simulate_crash_journal(uri, load)
         rec_s, fills, replayed = await recovery(uri)
         print(f"recovery: {rec_s:.2f} s ({fills} fills rebuilt, {replayed} journal entries "
@@ -265,7 +302,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 "raw_rows_per_s": round(raw_per_s, 1), "p50_ms": round(p50, 2),
                 "p99_ms": round(p99, 2), "loop_lag_ms": round(lag * 1000, 2),
                 "recovery_s": round(rec_s, 3), "state_p50_ms": round(state_p50, 2),
-                "state_p99_ms": round(state_p99, 2),
+                "state_p99_ms": round(state_p99, 2), "gc_max_ms": round(max_pause(pauses), 1),
                 "vs_naive": round(fills_per_s / naive_per_s, 1),
                 "vs_raw": round(fills_per_s / raw_per_s, 3), "fills": args.fills,
                 "recovered_fills": fills, "replayed": replayed}

@@ -46,6 +46,9 @@ def test_ingest_bench() -> None:
         assert result[key] > 0, key
     assert result["p50_ms"] <= result["p99_ms"]
     assert any(line.startswith("ratios: ") for line in text)
+    # the collections of the latency phase are counted, so a tail can be told from a GC pause
+    assert "gc_max_ms" in result
+    assert any(line.startswith("garbage collections during that phase: ") for line in text)
     # the throughput and the raw ceiling are medians of the runs, each run printed
     for prefix in ("microbatched: ", "raw append ceiling: "):
         line = next(x for x in text if x.startswith(prefix))
