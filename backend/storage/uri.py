@@ -27,7 +27,7 @@ _anon = itertools.count()
 class ParsedUri:
     kind: str  # lmdb | mem | s3 | memory
     arctic_uri: str  # what arcticdb.Arctic is given
-    root: str  # the lease key: lmdb path, mem name, or the s3 uri without options
+    root: str  # the lease key: lmdb path, mem name, or the s3 endpoint:bucket, port, prefix
     key: str  # registry key: one Arctic instance per key per process
 
 
@@ -52,7 +52,17 @@ def parse_uri(uri: str) -> ParsedUri:
             name = f"_anonymous_{os.getpid()}_{next(_anon)}"
         return ParsedUri("mem", "mem://", f"mem://{name}", f"mem://{name}")
     if scheme == "s3" or scheme == "s3s":
-        return ParsedUri("s3", uri, uri.partition("?")[0], uri)
+        return ParsedUri("s3", uri, _s3_root(scheme, rest), uri)
     if scheme == "memory":
         return ParsedUri("memory", uri, uri, uri)
     raise InvalidFieldError("uri", uri, "scheme must be lmdb://, mem://, s3:// or memory://")
+
+
+def _s3_root(scheme: str, rest: str) -> str:
+    """What names one ArcticDB root on S3: endpoint, bucket, ``port`` and ``path_prefix`` (two
+    prefixes of one bucket are two roots); credentials, region and the other options are how
+    to reach it, not which one it is."""
+    where, _, query = rest.partition("?")
+    options = dict(p.partition("=")[::2] for p in query.split("&") if p)
+    named = "&".join(f"{k}={options[k]}" for k in ("port", "path_prefix") if options.get(k))
+    return f"{scheme}://{where}" + (f"?{named}" if named else "")

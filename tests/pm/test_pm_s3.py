@@ -13,6 +13,7 @@ server thread inside the test process would never answer it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -21,14 +22,18 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 
+from backend.core.messages import canonical, parse_message
 from backend.core.portfolio_manager import PortfolioManager, default_journal_path
-from backend.storage.journal import read_entries, read_last_seq
+from backend.errors import InvalidInputError
+from backend.storage.journal import Journal, read_entries, read_last_seq
+from backend.storage.schema import FILLS
 
 from .stream import assert_same, make_stream, snapshot
 
@@ -124,10 +129,18 @@ def test_the_journal_of_an_s3_root_stays_on_the_writer_host(s3_port: int,
     uri = make_bucket(s3_port, "journal-path")
     path = Path(default_journal_path(uri))
     assert path.parent == state_home / "ib-arctic-ledger"
-    # the same root with other credentials or options is the same journal; another bucket not
+    # the same root with other credentials or options is the same journal; another bucket,
+    # port or path_prefix (two ledgers in one bucket) is another
     other_creds = uri.replace(f"secret={SECRET}", "secret=rotated") + "&use_virtual_addressing=0"
     assert default_journal_path(other_creds) == str(path)
-    assert default_journal_path(uri.replace("journal-path", "journal-path2")) != str(path)
+    others = {default_journal_path(uri.replace("journal-path", "journal-path2")),
+              default_journal_path(uri.replace(f"port={s3_port}", f"port={s3_port + 1}")),
+              default_journal_path(uri + "&path_prefix=paper"),
+              default_journal_path(uri + "&path_prefix=live")}
+    assert len(others) == 4 and str(path) not in others
+    prefixed = uri + "&path_prefix=paper"
+    assert default_journal_path(prefixed.replace("region=us-east-1", "region=eu-west-1")) == \
+        default_journal_path(prefixed)
 
 
 @pytest.mark.asyncio
@@ -231,3 +244,36 @@ async def test_s3_unreachable_then_sigkill_the_host_journal_is_replayed(
         assert pm.replayed <= len(STREAM)
     assert_same(snapshot(uri), await reference_snapshot(reference, len(STREAM)))
     assert read_entries(journal) == []
+
+
+def crashed_writer_journal(uri: str, messages: list[dict[str, Any]]) -> int:
+    """Leave the valid ``messages`` in ``uri``'s journal as a writer killed after journaling
+    them (before ArcticDB held them) would; returns how many."""
+    now = datetime.now(UTC)
+    payloads = []
+    for msg in messages:
+        with contextlib.suppress(InvalidInputError):
+            payloads.append(json.dumps(canonical(parse_message(msg, received_at=now))))
+    with Journal(default_journal_path(uri)) as journal:
+        journal.append(payloads)
+    return len(payloads)
+
+
+@pytest.mark.asyncio
+async def test_two_prefixes_of_one_bucket_are_two_ledgers(s3_port: int, state_home: Path) -> None:
+    """Two ArcticDB roots in one bucket (``path_prefix``), e.g. paper and live: each has its
+    own host journal, so what one writer left unpersisted is replayed into its own root only."""
+    uri = make_bucket(s3_port, "shared")
+    paper, live = uri + "&path_prefix=paper", uri + "&path_prefix=live"
+    await ingest(live, [])  # live exists, empty
+    pending = crashed_writer_journal(paper, STREAM[:60])
+    assert pending > 0
+    async with PortfolioManager(live) as pm:
+        assert pm.replayed == 0
+        assert len(pm.ledger) == 0
+    async with PortfolioManager(paper) as pm:
+        assert pm.replayed == pending
+        assert len(pm.ledger) > 0
+    assert not [key for key in snapshot(live) if key[0] == FILLS]
+    assert [key for key in snapshot(paper) if key[0] == FILLS]
+    assert {k.split("/")[0] for k in bucket_keys(s3_port, "shared")} == {"paper", "live"}
