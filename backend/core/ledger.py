@@ -120,8 +120,11 @@ class Ledger:
         self._last_sort: dict[PositionKey, tuple[datetime, str]] = {}
         self._last_price: dict[PositionKey, float] = {}  # price of that last fill
         self._commissions: dict[str, CommissionReport] = {}
-        # exec_id -> live fill key, to attribute late commission reports
+        # exec_id -> live fill key, to attribute late commission reports. The keys are the
+        # interned instances of _keys: a fill's ``key`` is a new tuple each time, and one per
+        # stored fill would be one more object for every full garbage collection to scan.
         self._exec_key: dict[str, PositionKey] = {}
+        self._keys: dict[PositionKey, PositionKey] = {}
         # position -> currency -> (sum of known commissions, how many reports): a currency
         # whose last report is corrected away disappears (a sum that only cancelled to 0.0
         # would otherwise read as a known zero commission).
@@ -144,6 +147,7 @@ class Ledger:
         without its fills. Only for a key this ledger has not seen."""
         if key in self._positions or key in self._by_key:
             raise ValueError(f"restore: key={key!r} is already in the ledger")
+        key = self._intern(key)
         self._positions[key] = restored.position
         self._last_sort[key] = restored.last_sort
         self._last_price[key] = restored.last_price
@@ -208,10 +212,13 @@ class Ledger:
                 return FillResult(FillOutcome.STALE, live, None, ())
             return self._correct(live, fill)
         self._live[ident] = fill
-        key = fill.key
+        key = self._intern(fill.key)
         self._add_to_key(key, fill)
         self._update_mark(fill)
         return FillResult(FillOutcome.NEW, fill, None, (key,))
+
+    def _intern(self, key: PositionKey) -> PositionKey:
+        return self._keys.setdefault(key, key)
 
     def _add_to_key(self, key: PositionKey, fill: Fill) -> None:
         fills = self._by_key.setdefault(key, {})
@@ -234,7 +241,7 @@ class Ledger:
         # that removing it leaves the key's other fills in place.
         self._unseal(old.key)
         self._live[(new.account, new.exec_id_base)] = new
-        old_key, new_key = old.key, new.key
+        old_key, new_key = self._intern(old.key), self._intern(new.key)
         old_fills = self._by_key[old_key]
         del old_fills[old.exec_id_base]
         del self._exec_key[old.exec_id]

@@ -385,6 +385,9 @@ class PortfolioManager:
             self._ingesting = False
             self._chunk_done.set()
             self._wake_persist.set()
+            # The loop now waits for the next chunk: let this one's messages go (up to
+            # max_batch producer objects, e.g. ib_async Trades, would stay referenced).
+            del chunk, events, event, msg
 
     def _fold(self, seq: int, event: _Event, raw: Any,
               received: float) -> None:

@@ -255,3 +255,20 @@ def test_commission_of_a_fill_corrected_into_another_book_leaves_no_known_zero()
     assert (left.by_currency, left.pending) == ((), 1)
     assert math.isnan(left.total)
     assert ledger.commissions(moved.key).total == 1.5
+
+
+def test_stored_fills_share_their_position_key() -> None:
+    """A ledger holds every live fill: per fill it should add the fill and nothing a full
+    garbage collection must also scan, such as one more key tuple per fill."""
+    import gc
+
+    ledger = Ledger()
+    fills = [fill(n, "BUY" if n % 3 else "SELL", 1.0, 100.0 + n % 7,
+                  strategy=("alpha", "beta")[n % 2]) for n in range(1, 401)]
+    fills.append(fill(5, "BUY", 2.0, 101.0, strategy="beta", revision=2))  # a correction
+    for f in fills:
+        ledger.apply_fill(f)
+    del f
+    gc.collect()
+    keys = [o for o in gc.get_objects() if type(o) is PositionKey]
+    assert len(keys) <= 4  # alpha and beta, plus a transient or two; not one per fill

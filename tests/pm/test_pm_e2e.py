@@ -442,3 +442,23 @@ async def test_store_opener_sets_the_compaction_period(uri: str) -> None:
         versions = len(store.list_versions(FILLS, ACCOUNT))
         assert versions == 7 + 2  # compacted after the 3rd and the 6th write
         assert list(store.read(FILLS, ACCOUNT)["exec_id"]) == [exec_id(n) for n in range(1, 8)]
+
+
+@pytest.mark.asyncio
+async def test_messages_are_not_kept_once_processed(uri: str) -> None:
+    """The manager keeps what it folded (its own fills), not the producer's objects: once a
+    message is durable, the ib_async Trade/Fill it came in are the producer's alone."""
+    import gc
+    import weakref
+
+    async with PortfolioManager(uri) as pm:
+        trade = ib_trade(1, "BUY", 5.0, status="Filled", filled=5.0)
+        ib = ib_fill(1, "BOT", 5.0, 100.0)
+        refs = [weakref.ref(trade), weakref.ref(ib.execution), weakref.ref(ib.contract)]
+        await pm.process_message(fill_msg("alpha", ib, trade))
+        await pm.process_message(status_msg("alpha", trade))
+        await pm.flush()
+        del trade, ib
+        gc.collect()
+        assert [r() for r in refs] == [None, None, None]
+        assert pm.position(ACCOUNT, "alpha", 265598).qty == 5.0
