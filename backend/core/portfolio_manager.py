@@ -475,8 +475,7 @@ class PortfolioManager:
             self._failures, self._error = 0, None
             self._durable = max(self._durable, batch_dirty.receipt)
             self._facts_seq = max(self._facts_seq, batch_dirty.seq)
-            if self.on_durable is not None:
-                self.on_durable(self._durable)
+            self._notify(self.on_durable, self._durable)
             self._state.take_state(batch_dirty)
             if not await self._persist_state():
                 continue
@@ -554,9 +553,18 @@ class PortfolioManager:
                 self._part_durable[part] = (state.receipt, state.seq)
         self._state_durable = min(r for r, _ in self._part_durable.values())
         self._state_seq = min(q for _, q in self._part_durable.values())
-        if self.on_state_durable is not None:
-            self.on_state_durable(self.durable)
+        self._notify(self.on_state_durable, self.durable)
         return True
+
+    def _notify(self, callback: Callable[[int], None] | None, receipt: int) -> None:
+        """Call a durability callback; one that raises is logged, never allowed to stop the
+        persist loop (the data is durable either way)."""
+        if callback is None:
+            return
+        try:
+            callback(receipt)
+        except Exception:
+            self.log.exception("durability callback %r failed at receipt %d", callback, receipt)
 
     def _stat(self, name: str, seconds: float) -> None:
         count, total, worst = self.stats.get(name, (0, 0.0, 0.0))

@@ -12,6 +12,8 @@
 5. The journal: sequence numbers continue above everything stored; every entry not trimmed
    is replayed through the same fold as live messages (idempotent); if anything was replayed
    (or the journal lost entries ArcticDB has), every positions/portfolio symbol is rewritten.
+6. ``fills``/``orders`` symbols are preloaded into the store (their stored times and keys), so
+   the first live commit does not stall on it (~90 ms per 100k stored rows).
 
 Runs in a worker thread before the manager's tasks start (nothing else touches the books).
 """
@@ -28,7 +30,7 @@ from backend.pm.rows import frame_rows
 from backend.pm.state import Books, Dirty
 from backend.storage.api import Store
 from backend.storage.journal import Journal
-from backend.storage.schema import ORDERS, PORTFOLIO, POSITIONS, REJECTS
+from backend.storage.schema import FILLS, ORDERS, PORTFOLIO, POSITIONS, REJECTS
 
 Fold = Callable[[int, str, float], None]
 
@@ -96,6 +98,8 @@ def recover_books(store: Store, journal: Journal, books: Books, dirty: Dirty, *,
             dirty.portfolio.setdefault(account, set()).add(con_id)
     books.rebuild_portfolio()
     dirty.seq = max(dirty.seq, journal.last_seq)
+    for library in (FILLS, ORDERS):  # the first commits after the start stay fast
+        store.preload(library, store.list_symbols(library))
     log.info("recovered %d fills (%d positions restored from their rows, %d refolded from "
              "fills), %d order events; replayed %d journal entries", len(books.ledger),
              restored.restored, restored.refolded, len(books.orders_seen), replayed)

@@ -199,6 +199,12 @@ class ArcticStore:
             raise StorageError(f"commit failed for {names}{hint}: {lib}/{sym}: {exc}") from exc
         self._maybe_compact([(p.library, p.symbol) for p, _ in plans])
 
+    def preload(self, library: str, symbols: Sequence[str]) -> None:
+        self._require_writer()
+        with self._lock:
+            for symbol in symbols:
+                self._state(library, symbol)
+
     def _state(self, library: str, symbol: str) -> SymbolState:
         key = (library, symbol)
         state = self._states.get(key)

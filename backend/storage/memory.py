@@ -182,6 +182,10 @@ class MemoryStore:
             version = self._version(library, symbol, as_of)
         return dict(version.metadata) if version and version.metadata is not None else None
 
+    def preload(self, library: str, symbols: Sequence[str]) -> None:
+        """Nothing to load: this store's symbols live in memory."""
+        del library, symbols
+
     def list_versions(self, library: str, symbol: str) -> list[int]:
         """Version numbers of a symbol still stored, oldest first."""
         with self._lock:

@@ -462,3 +462,24 @@ async def test_messages_are_not_kept_once_processed(uri: str) -> None:
         gc.collect()
         assert [r() for r in refs] == [None, None, None]
         assert pm.position(ACCOUNT, "alpha", 265598).qty == 5.0
+
+
+@pytest.mark.asyncio
+async def test_a_failing_durability_callback_is_logged_and_the_manager_goes_on(
+        uri: str, caplog: pytest.LogCaptureFixture) -> None:
+    seen: list[int] = []
+
+    def broken(receipt: int) -> None:
+        seen.append(receipt)
+        raise KeyError(receipt)
+
+    async with PortfolioManager(uri) as pm:
+        pm.on_durable = pm.on_state_durable = broken
+        await pm.process_message(fill_msg("alpha", ib_fill(1, "BOT", 5.0, 100.0)))
+        await pm.flush()
+        await pm.process_message(fill_msg("alpha", ib_fill(2, "BOT", 5.0, 101.0)))
+        await pm.flush()
+        assert pm.position(ACCOUNT, "alpha", 265598).qty == 10.0
+    assert seen and max(seen) == 2
+    assert "durability callback" in caplog.text
+    assert len(read(uri, FILLS, ACCOUNT)) == 2

@@ -99,6 +99,46 @@ def test_offsets_survive_reopening_and_a_reopened_writer_avoids_them(tmp_path: P
         again.close()
 
 
+def test_a_reopened_writer_that_preloads_commits_what_one_that_does_not_would(
+        tmp_path: Path) -> None:
+    """``preload`` takes the stored times and keys up front (what a restart does): the next
+    commits (equal times after stored offsets, a corrected key, a new symbol) store exactly
+    what they store when the first commit loads them itself."""
+    t = "2026-01-01 10:00"
+    results = []
+    for preload in (False, True):
+        uri = store_uri("lmdb", tmp_path / str(preload))
+        first = open_store(uri)
+        try:
+            first.commit([SymbolWrite("fills", "U1", rows=fills([(t, "a", 1.0), (t, "b", 2.0)]))])
+        finally:
+            first.close()
+        again = open_store(uri)
+        try:
+            if preload:
+                again.preload("fills", ["U1", "nobody"])
+                again.preload("orders", [])
+            again.commit([SymbolWrite("fills", "U1",
+                                      rows=fills([(t, "c", 3.0), (t, "a", 1.5)]))])
+            again.commit([SymbolWrite("fills", "nobody", rows=fills([(t, "z", 9.0)]))])
+            results.append((again.read("fills", "U1"), again.read("fills", "nobody")))
+        finally:
+            again.close()
+    (u1, nobody), (u1_pre, nobody_pre) = results
+    pd.testing.assert_frame_equal(u1_pre, u1)
+    pd.testing.assert_frame_equal(nobody_pre, nobody)
+    assert sorted(zip(u1_pre["exec_id_base"], u1_pre["price"], strict=True)) == [
+        ("a", 1.5), ("b", 2.0), ("c", 3.0)]
+    assert u1_pre.index.is_unique
+
+
+def test_preload_is_harmless_on_every_store(store: Store) -> None:
+    store.commit([SymbolWrite("fills", "U1", rows=fills([("2026-01-01", "a", 1.0)]))])
+    store.preload("fills", ["U1", "U2"])
+    store.commit([SymbolWrite("fills", "U1", rows=fills([("2026-01-01", "a", 2.0)]))])
+    assert prices(store) == [("a", 2.0)]
+
+
 def test_late_row_is_inserted_without_touching_neighbours(store: Store) -> None:
     store.commit([SymbolWrite("fills", "U1", rows=fills(
         [("2026-01-01", "a", 1.0), ("2026-01-02", "b", 2.0), ("2026-01-04", "d", 4.0)]))])
