@@ -35,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         store = open_store(args.arctic)
     except WriterLeaseError as exc:
-        print(f"cannot compact: {exc}")
+        print(f"cannot compact: {exc}\n(a running PortfolioManager compacts inline and "
+              "prunes with 'await pm.prune(keep_last, grace_seconds)' in its own process)")
         return 2
     try:
         with progress_bar("compact") as report:

@@ -85,3 +85,39 @@ async def test_snapshot_needs_an_open_manager(tmp_path: Path) -> None:
         pass
     with pytest.raises(InvalidInputError, match="not open"):
         await pm.snapshot(EOD)
+
+
+@pytest.mark.asyncio
+async def test_prune_while_the_manager_runs_keeps_the_latest_and_the_snapshotted(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    uri = f"lmdb://{tmp_path / 'arctic'}"
+    async with PortfolioManager(uri) as pm:
+        for n in range(1, 7):  # one flush per fill: a version per symbol each time
+            await pm.process_message(fill_msg("alpha", dict_fill(n, "BOT", 1, 100.0 + n)))
+            await pm.flush()
+            if n == 3:
+                await pm.snapshot(EOD)
+        store = pm.store
+        before = {(lb, s): store.list_versions(lb, s) for lb in (FILLS, POSITIONS, PORTFOLIO)
+                  for s in store.list_symbols(lb)}
+        assert all(len(v) >= 4 for v in before.values()), before
+        # The CLI cannot (the lease): it says what to do instead.
+        assert main(["compact", "--arctic", uri, "--prune-keep", "1"]) == 2
+        assert "pm.prune" in capsys.readouterr().out
+        assert await pm.prune(keep_last=1, grace_seconds=3600) == 0  # all too young
+        removed = await pm.prune(keep_last=1, grace_seconds=0)
+        snapped = {(lb, s): store.read(lb, s, as_of=EOD) for lb, s in before}
+        after = {(lb, s): store.list_versions(lb, s) for lb, s in before}
+        assert removed == sum(len(before[k]) - len(after[k]) for k in before) > 0
+        for key, versions in after.items():
+            assert versions[-1] == before[key][-1]  # the latest stays
+            assert len(versions) <= 2  # and the snapshotted one, if another
+        # the manager goes on writing, and the snapshot still reads
+        await pm.process_message(fill_msg("alpha", dict_fill(7, "SLD", 6, 110.0)))
+        await pm.flush()
+        assert list(store.read(FILLS, ACCOUNT)["exec_id"]) == [exec_id(n) for n in range(1, 8)]
+        assert list(snapped[(FILLS, ACCOUNT)]["exec_id"]) == [exec_id(n) for n in (1, 2, 3)]
+        assert store.read(POSITIONS, "alpha", as_of=EOD)["qty"].tolist() == [3.0]
+    assert pm.position(ACCOUNT, "alpha", AAPL["conId"]).qty == 0.0
+    with pytest.raises(InvalidInputError, match="not open"):
+        await pm.prune()
