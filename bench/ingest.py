@@ -22,7 +22,8 @@ shared box one 20-append raw run moves by 2x from run to run, which made the rat
 Usage: ``python bench/ingest.py [--fills 20000] [--naive 300] [--seconds 5] [--repeat 3]``.
 The last line is one JSON object. ``--recovery-fills N`` only measures recovery of N stored
 fills: once with no positions rows (every key refolded from its fills, as after a
-disagreement), once from the positions rows the first run wrote.
+disagreement), once from the positions rows the first run wrote. ``--latency-stored N`` only
+runs the fixed-load phase (``--seconds``), on a root that holds N fills, after a restart.
 """
 
 from __future__ import annotations
@@ -261,6 +262,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         set_config_int("StorageLock.WaitMs", 10)
         if args.recovery_fills:
             return await recovery_only(work, args.recovery_fills)
+        if args.latency_stored:
+            return await latency_on_stored(work, args.latency_stored, args.seconds)
         messages = make_messages(0, args.fills)
         load = make_messages(args.fills, int(args.seconds * 1000))
         uri = f"lmdb://{work / 'micro'}"  # the first run's root: recovery reopens it below
@@ -311,9 +314,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-async def recovery_only(work: Path, count: int) -> dict[str, Any]:
-    """Store ``count`` fills (raw appends, not timed), then time a manager's recovery."""
-    store = open_store(f"lmdb://{work / 'rec'}?map_size=8GB")
+def store_fills(uri: str, count: int) -> None:
+    """Store ``count`` fills straight into ``fills`` (raw appends of 50,000, not timed)."""
+    store = open_store(uri)
     try:
         step = 50_000
         now = datetime.now(UTC)
@@ -329,7 +332,31 @@ async def recovery_only(work: Path, count: int) -> dict[str, Any]:
                           for a, (r, t) in by_account.items()])
     finally:
         store.close()
+
+
+async def latency_on_stored(work: Path, count: int, seconds: float) -> dict[str, Any]:
+    """The fixed-load phase on a root that already holds ``count`` fills, after a restart
+    (positions restored from their rows, fills unread): what a long-lived ledger sees."""
+    uri = f"lmdb://{work / 'stored'}?map_size=8GB"
+    store_fills(uri, count)
+    await recovery(uri)  # the first open refolds and writes the positions rows
+    gc.collect()
+    load = make_messages(count, int(seconds * 1000))
+    started = time.perf_counter()
+    latencies, _, lag, pauses = await fixed_load(uri, load, 1000.0)
+    cuts = statistics.quantiles([x * 1000 for x in latencies], n=100)
+    p50, p99 = statistics.median(latencies) * 1000, cuts[98]
+    print(f"with {count:,} fills stored, at 1,000 fills/s: p50 {p50:.1f} ms p99 {p99:.1f} ms; "
+          f"max loop lag {lag * 1000:.1f} ms; longest collection {max_pause(pauses):.1f} ms "
+          f"({time.perf_counter() - started:.1f} s with the restart)", file=sys.stderr)
+    return {"stored_fills": count, "p50_ms": round(p50, 2), "p99_ms": round(p99, 2),
+            "loop_lag_ms": round(lag * 1000, 2), "gc_max_ms": round(max_pause(pauses), 1)}
+
+
+async def recovery_only(work: Path, count: int) -> dict[str, Any]:
+    """Store ``count`` fills (raw appends, not timed), then time a manager's recovery."""
     uri = f"lmdb://{work / 'rec'}?map_size=8GB"
+    store_fills(uri, count)
     # No positions rows yet: every key is refolded from its fills (the path a disagreement
     # takes), and the manager writes the rows when it closes.
     full_s, fills, _ = await recovery(uri)
@@ -353,6 +380,8 @@ if __name__ == "__main__":
     parser.add_argument("--repeat", type=int, default=3,
                         help="throughput and raw runs; their medians are reported")
     parser.add_argument("--recovery-fills", type=int, default=0)
+    parser.add_argument("--latency-stored", type=int, default=0,
+                        help="only the fixed-load phase, on a root holding this many fills")
     parsed = parser.parse_args()
     if parsed.repeat < 1:
         parser.error(f"--repeat={parsed.repeat}: must be >= 1")

@@ -136,9 +136,13 @@ class Ledger:
         self._marks: dict[int, tuple[tuple[datetime, str], float]] = {}
         self._quotes: dict[int, tuple[tuple[datetime, str], float]] = {}  # newest quote
         # Restored keys whose fills are not loaded yet: key -> loader, and their executions
-        # by (account, base) -> (key, revision) and by exec_id -> key.
+        # by (account, base) -> key and -> revision, and by exec_id -> key. Two flat maps
+        # rather than one of (key, revision) pairs: a pair holding a key is an object the
+        # garbage collector tracks, one per restored execution (200k of them doubled a full
+        # collection after a restart); string pairs and ints are not tracked.
         self._sealed: dict[PositionKey, RestoredKey] = {}
-        self._sealed_live: dict[tuple[str, str], tuple[PositionKey, int]] = {}
+        self._sealed_live: dict[tuple[str, str], PositionKey] = {}
+        self._sealed_rev: dict[tuple[str, str], int] = {}
         self._sealed_exec: dict[str, PositionKey] = {}
 
     # -------------------------------------------------------------- restore
@@ -156,9 +160,9 @@ class Ledger:
         self._pending[key] = restored.pending
         self._sealed[key] = restored
         # C-level loops: a restart restores up to millions of executions this way.
-        self._sealed_live.update(zip(zip(repeat(key.account), restored.bases, strict=False),
-                                     zip(repeat(key), restored.revisions, strict=False),
-                                     strict=True))
+        idents = list(zip(repeat(key.account), restored.bases, strict=False))
+        self._sealed_live.update(dict.fromkeys(idents, key))
+        self._sealed_rev.update(zip(idents, restored.revisions, strict=True))
         self._sealed_exec.update(dict.fromkeys(restored.exec_ids, key))
 
     def _unseal(self, key: PositionKey) -> None:
@@ -170,6 +174,7 @@ class Ledger:
         for fill, report in restored.load():
             ident = (fill.account, fill.exec_id_base)
             self._sealed_live.pop(ident, None)
+            self._sealed_rev.pop(ident, None)
             self._sealed_exec.pop(fill.exec_id, None)
             self._live[ident] = fill
             fills[fill.exec_id_base] = fill
@@ -178,6 +183,7 @@ class Ledger:
                 self._commissions[fill.exec_id] = report
         for exec_id, base in zip(restored.exec_ids, restored.bases, strict=True):
             # the loader's duty; never trust it blindly
+            self._sealed_rev.pop((key.account, base), None)
             if self._sealed_live.pop((key.account, base), None) is not None:
                 raise ValueError(f"restore: exec_id={exec_id!r} of key={key!r} was not loaded")
             self._sealed_exec.pop(exec_id, None)
@@ -201,7 +207,7 @@ class Ledger:
         if self._sealed_live:
             sealed = self._sealed_live.get(ident)
             if sealed is not None:  # an execution of a restored key: compare with the real one
-                self._unseal(sealed[0])
+                self._unseal(sealed)
         live = self._live.get(ident)
         if live is not None:
             if live.exec_id == fill.exec_id:
@@ -386,15 +392,15 @@ class Ledger:
         ident = (account, parse_exec_id(exec_id)[0])
         sealed = self._sealed_live.get(ident)
         if sealed is not None:
-            self._unseal(sealed[0])
+            self._unseal(sealed)
         return self._live.get(ident)
 
     def knows(self, account: str, exec_id: str) -> bool:
         """True when this exact exec_id (or a later revision of it) is already journaled."""
         base, revision = parse_exec_id(exec_id)
-        sealed = self._sealed_live.get((account, base))
+        sealed = self._sealed_rev.get((account, base))
         if sealed is not None:
-            return sealed[1] >= revision
+            return sealed >= revision
         live = self._live.get((account, base))
         return live is not None and live.revision >= revision
 

@@ -290,3 +290,27 @@ def test_two_accounts_with_the_same_exec_id_base_are_two_executions() -> None:
     corrected_other = fill(1, "SELL", 2, 98, account="DU222", revision=2)
     _, _, outcomes = restart_case([A1, A2, other], [corrected_other, A1])
     assert outcomes == [FillOutcome.CORRECTION, FillOutcome.DUPLICATE]
+
+
+def test_restored_executions_add_nothing_for_the_garbage_collector_to_track() -> None:
+    """A restart restores up to millions of executions unread: their identities must be
+    plain (untracked) entries, not one tracked object each, or every full collection of the
+    process scans them all."""
+    import gc
+
+    source = fold(A1)
+    position = source.position(A1.key)
+    assert position is not None
+    n = 5000
+    exec_ids = [f"0000e215.{i:08x}.01.01" for i in range(n)]
+    bases = [e.rsplit(".", 1)[0] for e in exec_ids]
+    key = RestoredKey(position=position, last_sort=A1.sort_key(), last_price=A1.price,
+                      exec_ids=exec_ids, bases=bases, revisions=[1] * n, commissions={},
+                      pending=n, load=list)
+    ledger = Ledger()
+    gc.collect()
+    before = len(gc.get_objects())
+    ledger.restore(A1.key, key)
+    gc.collect()
+    assert len(gc.get_objects()) - before < 50  # not one per execution
+    assert ledger.knows("DU111", exec_ids[-1]) and len(ledger) == n
