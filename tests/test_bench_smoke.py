@@ -62,3 +62,11 @@ def test_ingest_bench_recovery() -> None:
     assert result["recovery_s"] > 0
     assert result["full_refold_s_per_million"] > 0
     assert any("from positions rows" in line for line in text)
+
+
+def test_ingest_bench_latency_on_a_stored_root() -> None:
+    text, result = bench("ingest.py", "--latency-stored", "2000", "--seconds", "0.5")
+    assert result["stored_fills"] == 2000
+    assert 0 < result["p50_ms"] <= result["p99_ms"]
+    assert "gc_max_ms" in result
+    assert any(line.startswith("with 2,000 fills stored") for line in text)
