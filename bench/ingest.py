@@ -43,8 +43,12 @@ from typing import Any
 
 from ib_async import CommissionReport, Contract, Execution, Fill, Order, OrderStatus, Trade
 
-from backend.core.messages import FillMessage, canonical, parse_message
-from backend.core.portfolio_manager import PortfolioManager, default_journal_path
+from backend.core.messages import FillMessage, parse_message
+from backend.core.portfolio_manager import (
+    PortfolioManager,
+    default_journal_path,
+    journal_payload,
+)
 from backend.pm.rows import fill_row, journal_frame, state_frame
 from backend.pm.state import Books, Dirty
 from backend.storage import open_store
@@ -240,8 +244,8 @@ async def fixed_load(uri: str, messages: list[dict[str, Any]], rate: float
 
 def simulate_crash_journal(uri: str, messages: list[dict[str, Any]]) -> None:
     """Leave ``messages`` in the journal as a crashed manager would (journaled, not persisted)."""
-    now = datetime.now(UTC)
-    payloads = [json.dumps(canonical(parse_message(m, received_at=now))) for m in messages]
+    now = time.time()
+    payloads = [journal_payload(m, now) for m in messages]
     with Journal(default_journal_path(uri)) as journal:
         journal.append(payloads)
 

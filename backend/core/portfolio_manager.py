@@ -100,6 +100,34 @@ class _Residuals:
 _Event = Parsed | _Residuals | tuple[str, str, str, str]
 
 
+def prepare_message(msg: Any, received: float,
+                    default_account: str = "") -> tuple[str, _Event]:
+    """(write-ahead journal payload, parsed event or (account, reason, field, raw) of a reject)
+    of ``msg`` received at ``received`` (epoch seconds): what the manager journals and folds."""
+    if isinstance(msg, Mapping) and msg.get("type") == REJECT:
+        return json.dumps(msg), (str(msg["account"]), str(msg["reason"]), str(msg["field"]),
+                                 str(msg["raw"]))
+    if isinstance(msg, Mapping) and msg.get("type") == RESIDUALS:
+        return json.dumps(msg), _Residuals(msg["account"], [
+            (datetime.fromisoformat(r[0]), *r[1:]) for r in msg["rows"]])
+    try:
+        at = datetime.fromtimestamp(received, UTC)
+        event = parse_message(msg, received_at=at, default_account=default_account)
+        return _dumps(canonical(event)), event
+    except InvalidInputError as exc:
+        account = message_account(msg) or ""
+        entry = {"type": REJECT, "raw": encode_raw(msg), "reason": str(exc),
+                 "field": str(getattr(exc, "field", "")), "account": account}
+        return json.dumps(entry), (account, entry["reason"], entry["field"], entry["raw"])
+
+
+def journal_payload(msg: Any, received: float, default_account: str = "") -> str:
+    """The journal entry the manager writes for ``msg``: its canonical form, or a reject entry
+    for a message that cannot be read. For tools and tests that leave entries as a writer
+    killed after journaling them would."""
+    return prepare_message(msg, received, default_account)[0]
+
+
 class PortfolioManager:
     """Consumes StrategyManager messages and keeps ``fills``/``orders``/``positions``/
     ``portfolio``/``rejects`` in ArcticDB. Exactly one per Arctic root (the writer lease)."""
@@ -350,26 +378,8 @@ class PortfolioManager:
         return removed
 
     # ------------------------------------------------------------------ ingesting
-    def _prepare(self, msg: Any, received: float) -> tuple[str, _Event]:
-        """(journal payload, parsed event or (account, reason, field) of a reject)."""
-        if isinstance(msg, Mapping) and msg.get("type") == REJECT:
-            return json.dumps(msg), (str(msg["account"]), str(msg["reason"]), str(msg["field"]),
-                                     str(msg["raw"]))
-        if isinstance(msg, Mapping) and msg.get("type") == RESIDUALS:
-            return json.dumps(msg), _Residuals(msg["account"], [
-                (datetime.fromisoformat(r[0]), *r[1:]) for r in msg["rows"]])
-        try:
-            at = datetime.fromtimestamp(received, UTC)
-            event = parse_message(msg, received_at=at, default_account=self.default_account)
-            return _dumps(canonical(event)), event
-        except InvalidInputError as exc:
-            account = message_account(msg) or ""
-            entry = {"type": REJECT, "raw": encode_raw(msg), "reason": str(exc),
-                     "field": str(getattr(exc, "field", "")), "account": account}
-            return json.dumps(entry), (account, entry["reason"], entry["field"], entry["raw"])
-
     def _prepare_chunk(self, chunk: list[tuple[int, Any, float]]) -> tuple[int, list[Any]]:
-        prepared = [self._prepare(msg, at) for _, msg, at in chunk]
+        prepared = [prepare_message(msg, at, self.default_account) for _, msg, at in chunk]
         assert self._journal is not None
         first = self._journal.append([p for p, _ in prepared], chunk[-1][2])
         return first, [e for _, e in prepared]
@@ -623,7 +633,7 @@ class PortfolioManager:
             msg = orjson.loads(payload)
         except orjson.JSONDecodeError:  # NaN literals, ints beyond 64 bits: json reads them
             msg = json.loads(payload)
-        _, event = self._prepare(msg, received)
+        _, event = prepare_message(msg, received, self.default_account)
         self._fold(seq, event, msg, received)
 
     # ---------------------------------------------------------------- read helpers
@@ -688,4 +698,4 @@ class PortfolioManager:
         await asyncio.sleep(0)
 
 
-__all__ = ["PortfolioManager", "default_journal_path"]
+__all__ = ["PortfolioManager", "default_journal_path", "journal_payload"]

@@ -13,7 +13,6 @@ server thread inside the test process would never answer it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
@@ -22,16 +21,17 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 
-from backend.core.messages import canonical, parse_message
-from backend.core.portfolio_manager import PortfolioManager, default_journal_path
-from backend.errors import InvalidInputError
+from backend.core.portfolio_manager import (
+    PortfolioManager,
+    default_journal_path,
+    journal_payload,
+)
 from backend.storage.journal import Journal, read_entries, read_last_seq
 from backend.storage.schema import FILLS
 
@@ -247,16 +247,12 @@ async def test_s3_unreachable_then_sigkill_the_host_journal_is_replayed(
 
 
 def crashed_writer_journal(uri: str, messages: list[dict[str, Any]]) -> int:
-    """Leave the valid ``messages`` in ``uri``'s journal as a writer killed after journaling
-    them (before ArcticDB held them) would; returns how many."""
-    now = datetime.now(UTC)
-    payloads = []
-    for msg in messages:
-        with contextlib.suppress(InvalidInputError):
-            payloads.append(json.dumps(canonical(parse_message(msg, received_at=now))))
+    """Leave ``messages`` in ``uri``'s journal as a writer killed after journaling them
+    (before ArcticDB held them) would; returns how many."""
+    now = time.time()
     with Journal(default_journal_path(uri)) as journal:
-        journal.append(payloads)
-    return len(payloads)
+        journal.append([journal_payload(msg, now) for msg in messages])
+    return len(messages)
 
 
 @pytest.mark.asyncio
