@@ -12,10 +12,10 @@
 5. The journal: sequence numbers continue above everything stored; every entry not trimmed
    is replayed through the same fold as live messages (idempotent); if anything was replayed
    (or the journal lost entries ArcticDB has), every positions/portfolio symbol is rewritten.
-6. ``fills``/``orders`` symbols are compacted where fragmented (a stop before the inline
-   compaction came due, bulk writes) and preloaded into the store (their stored times and
-   keys), so the first live commits do not stall on either (~40 ms per fragmented symbol,
-   ~90 ms per 100k stored rows).
+6. ``fills``/``orders`` symbols are preloaded into the store (their stored times and keys),
+   so the first live commit does not stall on it (~90 ms per 100k stored rows). Recovery
+   writes nothing it need not: fragmented symbols are left to the inline compaction (a run
+   that finds nothing new, e.g. a reconciliation from cron, adds no version).
 
 Runs in a worker thread before the manager's tasks start (nothing else touches the books).
 """
@@ -101,10 +101,6 @@ def recover_books(store: Store, journal: Journal, books: Books, dirty: Dirty, *,
     books.rebuild_portfolio()
     dirty.seq = max(dirty.seq, journal.last_seq)
     for library in (FILLS, ORDERS):  # the first commits after the start stay fast
-        compacted = store.compact(library)
-        if compacted:
-            log.info("compacted %d fragmented %s symbols before accepting messages",
-                     compacted, library)
         store.preload(library, store.list_symbols(library))
     log.info("recovered %d fills (%d positions restored from their rows, %d refolded from "
              "fills), %d order events; replayed %d journal entries", len(books.ledger),

@@ -271,30 +271,3 @@ async def test_restart_in_an_adversarial_stream_equals_a_run_that_never_stopped(
         assert ledger_state(pm) == expected
     assert_same(snapshot(uri), snapshot(ref))
 
-
-@pytest.mark.asyncio
-async def test_recovery_compacts_fragmented_journal_symbols_before_accepting_messages(
-        tmp_path: Path) -> None:
-    """A writer stopped before its inline compaction came due leaves many small segments;
-    the next start merges them (not the first minutes of trading), rows unchanged."""
-    stream = [fill_msg("alpha", dict_fill(n, "BOT", 1, 100.0 + n)) for n in range(1, 41)]
-    roots = []
-    for name in ("a", "b"):
-        uri = f"lmdb://{tmp_path / name}"
-        async with PortfolioManager(
-                uri, store_opener=lambda u: open_store(u, compact_every=None)) as pm:
-            for msg in stream:  # one commit each: 40 one-row segments
-                await pm.process_message(msg)
-                await pm.flush()
-        roots.append(uri)
-    fragmented, restarted = roots
-    before = read(restarted, "fills", ACCOUNT)
-    async with PortfolioManager(restarted):
-        pass
-    pd.testing.assert_frame_equal(read(restarted, "fills", ACCOUNT), before)
-    for uri, expected in ((fragmented, 1), (restarted, 0)):
-        store = open_store(uri)
-        try:
-            assert store.compact("fills") == expected, uri
-        finally:
-            store.close()
