@@ -145,6 +145,7 @@ class PortfolioManager:
         batch_wait: float = 0.05,
         journal_sync: str = "FULL",
         store_opener: Callable[[str], Store] | None = None,
+        seal_after: float | None = None,
     ) -> None:
         if max_batch < 1:
             raise InvalidInputError(f"max_batch={max_batch!r}: must be >= 1")
@@ -158,6 +159,9 @@ class PortfolioManager:
         self.batch_wait = batch_wait
         self._journal_sync = journal_sync
         self._opener = store_opener
+        if seal_after is not None and not seal_after > 0:
+            raise InvalidInputError(f"seal_after={seal_after!r}: must be > 0 seconds or None")
+        self.seal_after = seal_after
         self.log = RunLog(_log, {"run_id": self.run_id})
         self._books = Books()
         self._store: Store | None = None
@@ -215,6 +219,9 @@ class PortfolioManager:
             self._open = True
             self._tasks = [asyncio.create_task(self._ingest_loop(), name="pm-ingest"),
                            asyncio.create_task(self._persist_loop(), name="pm-persist")]
+            if self.seal_after is not None:
+                self._tasks.append(asyncio.create_task(self._seal_loop(self.seal_after),
+                                                       name="pm-seal"))
             for task in self._tasks:
                 task.add_done_callback(self._task_ended)
             if self._dirty.has_writes():
@@ -517,6 +524,23 @@ class PortfolioManager:
             except JournalError:
                 self.log.exception("journal trim failed (harmless: replay is idempotent)")
             self._progress.set()
+
+    async def _seal_loop(self, after: float) -> None:
+        """Seal the positions of instruments without a fill for ``after`` seconds (their fills
+        are long durable): their ``Fill`` objects leave the garbage collector's scan
+        (:meth:`Ledger.seal`); a later event for one of them unseals the key."""
+        while True:
+            await asyncio.sleep(after / 4)  # a periodic sweep: there is no event to wait for
+            now = time.monotonic()
+            idle = {con for con, at in self._activity.items() if now - at >= after}
+            if not idle:
+                continue
+            ledger, sealed = self._books.ledger, 0
+            for key in [k for k in tuple(ledger.keys()) if k.con_id in idle]:
+                sealed += ledger.seal(key)
+                await asyncio.sleep(0)  # one key at a time: the loop stays responsive
+            if sealed:  # a key sealed before is skipped (0): each sweep is O(keys)
+                self.log.info("sealed %d fills of %d idle instruments", sealed, len(idle))
 
     def _interval(self) -> float:
         """While a backlog (a full chunk or more) waits in the inbox, facts go first: state

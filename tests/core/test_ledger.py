@@ -272,3 +272,27 @@ def test_stored_fills_share_their_position_key() -> None:
     gc.collect()
     keys = [o for o in gc.get_objects() if type(o) is PositionKey]
     assert len(keys) <= 4  # alpha and beta, plus a transient or two; not one per fill
+
+
+def test_sealing_a_position_takes_its_fills_out_of_the_gc_scan() -> None:
+    import gc
+
+    ledger = Ledger()
+    fills = [fill(n, "BUY" if n % 3 else "SELL", 1.0, 100.0 + n % 7) for n in range(1, 1001)]
+    for f in fills:
+        ledger.apply_fill(f)
+    ledger.apply_commission(CommissionReport(fills[5].exec_id, 1.25, "USD"))
+    key = fills[0].key
+    before_state = (ledger.position(key), ledger.commissions(key))
+    del f, fills
+    gc.collect()
+    tracked = len(gc.get_objects())
+    assert ledger.seal(key) == 1000
+    assert ledger.seal(key) == 0  # sealed already
+    gc.collect()
+    assert tracked - len(gc.get_objects()) >= 990  # the Fills and the report
+    assert (ledger.position(key), ledger.commissions(key)) == before_state
+    assert ledger.restored_keys == 1
+    assert len(ledger.fills_of(key)) == 1000  # unsealed on demand, as they were
+    assert ledger.restored_keys == 0
+    assert (ledger.position(key), ledger.commissions(key)) == before_state

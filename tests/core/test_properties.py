@@ -6,12 +6,13 @@ import math
 from collections import defaultdict
 from datetime import timedelta
 
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from backend.core.ledger import Ledger, RestoredKey
 from backend.core.model import CommissionReport, Fill, PositionKey, Side
 from backend.core.position import fold
+from backend.errors import ConflictingFillError
 
 from .factories import FUTURE, OPTION, STOCK, T0
 
@@ -259,3 +260,52 @@ def test_restored_keys_then_more_events_equal_one_uninterrupted_run(
         uninterrupted.fills(), key=Fill.sort_key)
     assert restored.restored_keys == 0
     assert state(restored) == state(uninterrupted)
+
+
+def apply(ledger: Ledger, event: Fill | CommissionReport) -> object:
+    """The outcome of one event, comparable across ledgers (a conflict is an outcome too)."""
+    try:
+        if isinstance(event, Fill):
+            result = ledger.apply_fill(event)
+            return (result.outcome, result.fill, result.replaced, result.affected)
+        return ledger.apply_commission(event)
+    except ConflictingFillError as exc:
+        return ("conflict", str(exc))
+
+
+@PROPERTY
+@given(fill_sets(), st.data())
+def test_sealing_keys_at_any_point_changes_no_outcome_and_no_state(
+    data: tuple[list[Fill], list[CommissionReport]], draw: st.DataObject
+) -> None:
+    """``seal`` (fills kept packed, untracked by the GC) between any two events, on any keys,
+    with duplicates, corrections and late reports after it: every outcome and the state equal
+    those of a ledger that never sealed."""
+    fills, reports = data
+    events: list[Fill | CommissionReport] = draw.draw(st.permutations([*fills, *reports]))
+    dup_idx = draw.draw(st.lists(st.integers(0, len(events) - 1), max_size=len(events)))
+    events += [events[i] for i in dup_idx]
+    seal_after = set(draw.draw(st.lists(st.integers(0, len(events) - 1), max_size=6)))
+    plain, sealing = Ledger(), Ledger()
+    sealed = 0
+    for i, ev in enumerate(events):
+        assert apply(sealing, ev) == apply(plain, ev)
+        if i in seal_after:
+            keys = list(sealing.keys())
+            chosen = draw.draw(st.lists(st.sampled_from(keys), unique=True)) if keys else []
+            for key in chosen:
+                sealed += sealing.seal(key)
+            assert state(sealing) == state(plain)
+            assert commissions_close(sealing, plain)
+    event(f"sealed fills: {'none' if not sealed else 'some'}; still sealed at the end: "
+          f"{sealing.restored_keys > 0}")
+    assert state(sealing) == state(plain)
+    assert commissions_close(sealing, plain)
+    assert len(sealing) == len(plain)
+    for f in fills:
+        assert sealing.knows(f.account, f.exec_id) == plain.knows(f.account, f.exec_id)
+        assert sealing.commission_for(f.exec_id) == plain.commission_for(f.exec_id)
+    assert sorted(sealing.fills(), key=Fill.sort_key) == sorted(plain.fills(),
+                                                                key=Fill.sort_key)
+    assert sealing.restored_keys == 0
+    assert state(sealing) == state(plain)

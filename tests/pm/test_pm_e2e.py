@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from pathlib import Path
@@ -483,3 +484,46 @@ async def test_a_failing_durability_callback_is_logged_and_the_manager_goes_on(
     assert seen and max(seen) == 2
     assert "durability callback" in caplog.text
     assert len(read(uri, FILLS, ACCOUNT)) == 2
+
+
+@pytest.mark.asyncio
+async def test_idle_positions_are_sealed_and_later_events_still_see_their_fills(
+        tmp_path: Path) -> None:
+    """``seal_after``: positions of instruments idle that long keep their fills packed (out
+    of the GC's scan); duplicates, a correction and new fills after that give exactly the
+    libraries of a manager that never seals."""
+    first = [fill_msg("alpha", ib_fill(n, "BOT", 5.0, 100.0 + n, contract=c))
+             for n, c in ((1, AAPL), (2, MSFT), (3, AAPL), (4, MSFT))]
+    later = [*first,  # duplicates of sealed fills
+             fill_msg("alpha", ib_fill(3, "BOT", 4.0, 103.5, contract=AAPL, revision=2)),
+             fill_msg("beta", ib_fill(5, "SLD", 2.0, 99.0, contract=MSFT))]
+    roots = []
+    for seal_after in (None, 0.05):
+        uri = f"lmdb://{tmp_path / str(seal_after)}"
+        async with PortfolioManager(uri, seal_after=seal_after) as pm:
+            for msg in first:
+                await pm.process_message(msg)
+            await pm.flush()
+            if seal_after is not None:
+                deadline = asyncio.get_running_loop().time() + 10
+                while pm.ledger.restored_keys < 2:  # the sweep runs every seal_after / 4
+                    assert asyncio.get_running_loop().time() < deadline
+                    await asyncio.sleep(0.01)
+                assert pm.ledger.knows(ACCOUNT, exec_id(1))  # known while sealed
+            for msg in later:
+                await pm.process_message(msg)
+            await pm.flush()
+            assert pm.position(ACCOUNT, "alpha", AAPL["conId"]).qty == 9.0
+        roots.append(uri)
+    plain, sealed = roots
+    for library, symbol in ((FILLS, ACCOUNT), (POSITIONS, "alpha"), (POSITIONS, "beta"),
+                            (PORTFOLIO, ACCOUNT)):
+        a, b = read(plain, library, symbol), read(sealed, library, symbol)
+        drop = [c for c in ("recorded_at", "last_updated", "timestamp") if c in a.columns]
+        pd.testing.assert_frame_equal(a.drop(columns=drop).reset_index(drop=True),
+                                      b.drop(columns=drop).reset_index(drop=True))
+
+
+def test_seal_after_must_be_positive(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInputError, match="seal_after=0"):
+        PortfolioManager(f"lmdb://{tmp_path / 'x'}", seal_after=0)
