@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -20,37 +17,22 @@ from backend.errors import PersistError
 from backend.storage.journal import read_entries, read_last_seq
 from backend.storage.schema import FILLS, REJECTS
 
+from .harness import References, ingest, kill_child_at, start_child
 from .ib_objects import ACCOUNT, exec_id, fill_msg, ib_fill, read
 from .stream import assert_same, make_stream, snapshot
 
 STREAM = make_stream(900, seed=7)
-CHILD = Path(__file__).with_name("kill_child.py")
-
-
-async def ingest(uri: str, messages: list[dict[str, Any]], **kwargs: Any) -> None:
-    async with PortfolioManager(uri, **kwargs) as pm:
-        for msg in messages:
-            await pm.process_message(msg)
-        await pm.flush()
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[Any, Any]:
+def reference(tmp_path_factory: pytest.TempPathFactory) -> References:
     """Uninterrupted runs, by stream length (filled lazily)."""
-    return {"root": tmp_path_factory.mktemp("ref")}
-
-
-async def reference_snapshot(reference: dict[Any, Any], length: int) -> Any:
-    if length not in reference:
-        uri = f"lmdb://{reference['root'] / f'len{length}'}"
-        await ingest(uri, STREAM[:length])
-        reference[length] = snapshot(uri)
-    return reference[length]
+    return References(tmp_path_factory.mktemp("ref"), STREAM)
 
 
 @pytest.mark.asyncio
 async def test_restart_redelivery_is_idempotent(tmp_path: Path,
-                                                reference: dict[Any, Any]) -> None:
+                                                reference: References) -> None:
     uri = f"lmdb://{tmp_path / 'arctic'}"
     await ingest(uri, STREAM[:600])
     first = snapshot(uri)
@@ -66,8 +48,8 @@ async def test_restart_redelivery_is_idempotent(tmp_path: Path,
         for msg in STREAM[600:]:
             await pm.process_message(msg)
         await pm.flush()
-    assert_same(snapshot(uri), await reference_snapshot(reference, len(STREAM)))
-    assert_same(first, await reference_snapshot(reference, 600))
+    assert_same(snapshot(uri), await reference.snapshot(len(STREAM)))
+    assert_same(first, await reference.snapshot(600))
 
 
 def arctic_in_child(uri: str, code: str) -> None:
@@ -117,36 +99,19 @@ async def test_storage_failure_keeps_batch_pending_and_flush_raises(tmp_path: Pa
 
 @pytest.mark.parametrize("seed", [11, 22, 33, 44])
 @pytest.mark.asyncio
-async def test_sigkill_at_random_points(tmp_path: Path, reference: dict[Any, Any],
+async def test_sigkill_at_random_points(tmp_path: Path, reference: References,
                                         seed: int) -> None:
     uri = f"lmdb://{tmp_path / 'arctic'}"
     stream_path = tmp_path / "stream.json"
     stream_path.write_text(json.dumps(STREAM))
     kill_at = random.Random(seed).randint(1, len(STREAM) + 50)  # past the end: after "done"
-    child = subprocess.Popen(  # noqa: ASYNC220 - the test drives the child's lifetime itself
-        [sys.executable, str(CHILD), uri, str(stream_path), str(seed)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert child.stdout is not None
-        for line in child.stdout:
-            if line.strip() == "done" or int(line) >= kill_at:
-                break
-        else:  # pragma: no cover - the child died by itself
-            pytest.fail(f"child exited early: {child.wait()} {child.stderr.read()}")  # type: ignore[union-attr]
-        os.kill(child.pid, signal.SIGKILL)
-    finally:
-        child.kill()
-        child.wait()
-        for pipe in (child.stdout, child.stderr):
-            if pipe is not None:
-                pipe.close()
-    assert child.returncode == -signal.SIGKILL
+    kill_child_at(start_child(uri, stream_path, seed), kill_at)
     journaled = read_last_seq(default_journal_path(uri))  # seq i == STREAM[i - 1]
     assert 0 <= journaled <= len(STREAM)
     # restart with NO re-delivery: everything the child journaled is in ArcticDB
     async with PortfolioManager(uri) as pm:
         assert pm.replayed <= journaled
-    assert_same(snapshot(uri), await reference_snapshot(reference, journaled))
+    assert_same(snapshot(uri), await reference.snapshot(journaled))
     # every rejected message the child journaled is in rejects exactly once
     bad = [i + 1 for i, m in enumerate(STREAM[:journaled])
            if m["type"] == "fill" and m["fill"]["execution"]["shares"] <= 0]
@@ -155,5 +120,5 @@ async def test_sigkill_at_random_points(tmp_path: Path, reference: dict[Any, Any
     assert seqs == bad
     # re-deliver the whole stream: equal to an uninterrupted run
     await ingest(uri, STREAM)
-    assert_same(snapshot(uri), await reference_snapshot(reference, len(STREAM)))
+    assert_same(snapshot(uri), await reference.snapshot(len(STREAM)))
     assert read_entries(default_journal_path(uri)) == []

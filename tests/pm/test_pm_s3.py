@@ -35,10 +35,10 @@ from backend.core.portfolio_manager import (
 from backend.storage.journal import Journal, read_entries, read_last_seq
 from backend.storage.schema import FILLS
 
+from .harness import References, ingest, kill_child_at, start_child, stop_child
 from .stream import assert_same, make_stream, snapshot
 
 STREAM = make_stream(160, seed=23)
-CHILD = Path(__file__).with_name("kill_child.py")
 KEY, SECRET, REGION = "testing-key", "testing-secret", "us-east-1"
 
 
@@ -103,25 +103,10 @@ def state_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
-async def ingest(uri: str, messages: list[dict[str, Any]]) -> None:
-    async with PortfolioManager(uri) as pm:
-        for msg in messages:
-            await pm.process_message(msg)
-        await pm.flush()
-
-
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[Any, Any]:
+def reference(tmp_path_factory: pytest.TempPathFactory) -> References:
     """The same stream on lmdb://, by length (filled lazily)."""
-    return {"root": tmp_path_factory.mktemp("ref")}
-
-
-async def reference_snapshot(reference: dict[Any, Any], length: int) -> Any:
-    if length not in reference:
-        uri = f"lmdb://{reference['root'] / f'len{length}'}"
-        await ingest(uri, STREAM[:length])
-        reference[length] = snapshot(uri)
-    return reference[length]
+    return References(tmp_path_factory.mktemp("ref"), STREAM)
 
 
 def test_the_journal_of_an_s3_root_stays_on_the_writer_host(s3_port: int,
@@ -145,14 +130,14 @@ def test_the_journal_of_an_s3_root_stays_on_the_writer_host(s3_port: int,
 
 @pytest.mark.asyncio
 async def test_s3_restart_and_redelivery_equal_the_lmdb_run(
-        s3_port: int, state_home: Path, reference: dict[Any, Any]) -> None:
+        s3_port: int, state_home: Path, reference: References) -> None:
     uri = make_bucket(s3_port, "restart")
     await ingest(uri, STREAM[:100])
     journal = default_journal_path(uri)
     assert on_host(journal, state_home)
     assert read_entries(journal) == []  # trimmed once durable in ArcticDB
     assert not [k for k in bucket_keys(s3_port, "restart") if "journal" in k or "sqlite" in k]
-    assert_same(snapshot(uri), await reference_snapshot(reference, 100))
+    assert_same(snapshot(uri), await reference.snapshot(100))
     async with PortfolioManager(uri) as pm:
         assert pm.replayed == 0
         known = len(pm.ledger)
@@ -163,58 +148,32 @@ async def test_s3_restart_and_redelivery_equal_the_lmdb_run(
         for msg in STREAM[100:]:
             await pm.process_message(msg)
         await pm.flush()
-    assert_same(snapshot(uri), await reference_snapshot(reference, len(STREAM)))
-
-
-def start_child(uri: str, stream_path: Path, state_home: Path, *flags: str
-                ) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, str(CHILD), uri, str(stream_path), "5", *flags],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "XDG_STATE_HOME": str(state_home)})
-
-
-def stop_child(child: subprocess.Popen[str]) -> None:
-    child.kill()
-    child.wait()
-    for pipe in (child.stdout, child.stderr):
-        if pipe is not None:
-            pipe.close()
+    assert_same(snapshot(uri), await reference.snapshot(len(STREAM)))
 
 
 @pytest.mark.asyncio
 async def test_s3_sigkill_loses_nothing_journaled_and_doubles_nothing(
-        s3_port: int, state_home: Path, tmp_path: Path, reference: dict[Any, Any]) -> None:
+        s3_port: int, state_home: Path, tmp_path: Path, reference: References) -> None:
     uri = make_bucket(s3_port, "sigkill")
     stream_path = tmp_path / "stream.json"
     stream_path.write_text(json.dumps(STREAM))
     kill_at = 70
-    child = start_child(uri, stream_path, state_home)
-    try:
-        assert child.stdout is not None
-        for line in child.stdout:
-            if line.strip() == "done" or int(line) >= kill_at:
-                break
-        else:  # pragma: no cover - the child died by itself
-            pytest.fail(f"child exited early: {child.wait()} {child.stderr.read()}")  # type: ignore[union-attr]
-        os.kill(child.pid, signal.SIGKILL)
-    finally:
-        stop_child(child)
-    assert child.returncode == -signal.SIGKILL
+    kill_child_at(start_child(uri, stream_path, 5, env={"XDG_STATE_HOME": str(state_home)}),
+                  kill_at)
     journaled = read_last_seq(default_journal_path(uri))  # seq i == STREAM[i - 1]
     assert 0 <= journaled <= len(STREAM)
     async with PortfolioManager(uri) as pm:  # NO re-delivery
         assert pm.replayed <= journaled
-    assert_same(snapshot(uri), await reference_snapshot(reference, journaled))
+    assert_same(snapshot(uri), await reference.snapshot(journaled))
     await ingest(uri, STREAM)  # the whole stream again
-    assert_same(snapshot(uri), await reference_snapshot(reference, len(STREAM)))
+    assert_same(snapshot(uri), await reference.snapshot(len(STREAM)))
     assert read_entries(default_journal_path(uri)) == []
 
 
 @pytest.mark.asyncio
 async def test_s3_unreachable_then_sigkill_the_host_journal_is_replayed(
         s3_port: int, s3_server: subprocess.Popen[bytes], state_home: Path, tmp_path: Path,
-        reference: dict[Any, Any]) -> None:
+        reference: References) -> None:
     """S3 stops answering (the server process is stopped) while the writer keeps accepting
     messages; the writer is then killed. Everything it accepted is only in the journal on its
     host: a restart, with S3 back and NO re-delivery, replays it into ArcticDB."""
@@ -222,7 +181,8 @@ async def test_s3_unreachable_then_sigkill_the_host_journal_is_replayed(
     stream_path = tmp_path / "stream.json"
     stream_path.write_text(json.dumps(STREAM))
     journal = default_journal_path(uri)
-    child = start_child(uri, stream_path, state_home, "--no-flush")
+    child = start_child(uri, stream_path, 5, "--no-flush",
+                        env={"XDG_STATE_HOME": str(state_home)})
     try:
         assert child.stdout is not None
         first = child.stdout.readline()  # the child is open (it read S3) and sending
@@ -242,7 +202,7 @@ async def test_s3_unreachable_then_sigkill_the_host_journal_is_replayed(
     async with PortfolioManager(uri) as pm:  # NO re-delivery
         assert pm.replayed > 0
         assert pm.replayed <= len(STREAM)
-    assert_same(snapshot(uri), await reference_snapshot(reference, len(STREAM)))
+    assert_same(snapshot(uri), await reference.snapshot(len(STREAM)))
     assert read_entries(journal) == []
 
 

@@ -78,17 +78,23 @@ def test_equal_times_get_nanosecond_offsets_in_batch_and_against_the_tail(store:
     assert store.read("fills", "U1").index.is_unique
 
 
+def commit_two_at(uri: str, t: str) -> None:
+    """A writer that stores fills a and b at the same time ``t`` (so b gets a 1 ns offset),
+    then closes: what a restarted writer finds."""
+    first = open_store(uri)
+    try:
+        first.commit([SymbolWrite("fills", "U1", rows=fills([(t, "a", 1.0), (t, "b", 2.0)]))])
+    finally:
+        first.close()
+
+
 def test_offsets_survive_reopening_and_a_reopened_writer_avoids_them(tmp_path: Path) -> None:
     """On lmdb:// (mem:// and memory:// are fresh at every open): a new writer knows the stored
     times only from storage, and still puts an equal time after the stored offsets."""
     uri = store_uri("lmdb", tmp_path)
     t = "2026-01-01 10:00"
     base = ts(t)
-    first = open_store(uri)
-    try:
-        first.commit([SymbolWrite("fills", "U1", rows=fills([(t, "a", 1.0), (t, "b", 2.0)]))])
-    finally:
-        first.close()
+    commit_two_at(uri, t)
     again = open_store(uri)
     try:
         assert times(again) == [base, base + pd.Timedelta(1, "ns")]
@@ -108,11 +114,7 @@ def test_a_reopened_writer_that_preloads_commits_what_one_that_does_not_would(
     results = []
     for preload in (False, True):
         uri = store_uri("lmdb", tmp_path / str(preload))
-        first = open_store(uri)
-        try:
-            first.commit([SymbolWrite("fills", "U1", rows=fills([(t, "a", 1.0), (t, "b", 2.0)]))])
-        finally:
-            first.close()
+        commit_two_at(uri, t)
         again = open_store(uri)
         try:
             if preload:
