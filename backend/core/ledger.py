@@ -167,6 +167,10 @@ class Ledger:
         self._set_mark(key.con_id, restored.last_price, restored.last_sort)
         self._comm[key] = dict(restored.commissions)
         self._pending[key] = restored.pending
+        self._seal_as(key, restored)
+
+    def _seal_as(self, key: PositionKey, restored: RestoredKey) -> None:
+        """Register ``key``'s executions as known but unread (restore and seal)."""
         self._sealed[key] = restored
         # C-level loops: a restart restores up to millions of executions this way.
         idents = list(zip(repeat(key.account), restored.bases, strict=False))
@@ -225,7 +229,6 @@ class Ledger:
                            f.qty, f.price, f.time, f.order_id, f.perm_id, f.order_ref,
                            f.exchange, None if report is None else (
                                report.commission, report.currency, report.realized_pnl)))
-        for f in ordered:
             del self._live[(f.account, f.exec_id_base)]
             del self._exec_key[f.exec_id]
         del self._by_key[key]
@@ -236,11 +239,7 @@ class Ledger:
             bases=[f.exec_id_base for f in ordered], revisions=[f.revision for f in ordered],
             commissions=dict(self._comm.get(key, {})), pending=self._pending.get(key, 0),
             load=lambda: [_unpack(row, frozen) for row in packed])
-        self._sealed[key] = restored
-        idents = [(key.account, f.exec_id_base) for f in ordered]
-        self._sealed_live.update(dict.fromkeys(idents, key))
-        self._sealed_rev.update(zip(idents, restored.revisions, strict=True))
-        self._sealed_exec.update(dict.fromkeys(restored.exec_ids, key))
+        self._seal_as(key, restored)
         return len(ordered)
 
     def _unseal_all(self) -> None:
