@@ -24,6 +24,8 @@ The last line is one JSON object. ``--recovery-fills N`` only measures recovery 
 fills: once with no positions rows (every key refolded from its fills, as after a
 disagreement), once from the positions rows the first run wrote. ``--latency-stored N`` only
 runs the fixed-load phase (``--seconds``), on a root that holds N fills, after a restart.
+``--unseal N`` only measures the event-loop lag when a restored key of N fills is first
+needed after a restart (a re-delivered duplicate), against reading it on the loop.
 """
 
 from __future__ import annotations
@@ -69,24 +71,27 @@ class Source:
         self.message_queue: asyncio.Queue[Any] = asyncio.Queue()
 
 
-def make_messages(start: int, count: int) -> list[dict[str, Any]]:
+def make_messages(start: int, count: int, *, one_key: bool = False) -> list[dict[str, Any]]:
+    """Fills spread over 2 accounts x 4 strategies x 50 contracts (``one_key``: all in the
+    first account, strategy and contract)."""
     contracts = [Contract(conId=1000 + i, symbol=f"S{i}", secType="STK", currency="USD",
                           exchange="SMART") for i in range(N_CONTRACTS)]
     out = []
     for n in range(start, start + count):
-        strategy = STRATEGIES[n % len(STRATEGIES)]
-        contract = contracts[n % N_CONTRACTS]
+        k = 0 if one_key else n
+        strategy = STRATEGIES[k % len(STRATEGIES)]
+        contract = contracts[k % N_CONTRACTS]
         eid = f"0000e215.{n:08x}.01.01"
         side = "BOT" if (n // 7) % 2 else "SLD"
         execution = Execution(execId=eid, time=T0 + timedelta(milliseconds=n),
-                              acctNumber=ACCOUNTS[n % 2], exchange="NYSE", side=side,
+                              acctNumber=ACCOUNTS[k % 2], exchange="NYSE", side=side,
                               shares=float(1 + n % 10), price=100.0 + (n % 13) * 0.25,
                               permId=n, orderId=n, orderRef=strategy)
         report = CommissionReport(execId=eid, commission=1.0, currency="USD") if n % 2 \
             else CommissionReport()
         order = Order(orderId=n, permId=n, action="BUY" if side == "BOT" else "SELL",
                       totalQuantity=execution.shares, orderType="MKT", orderRef=strategy,
-                      account=ACCOUNTS[n % 2])
+                      account=ACCOUNTS[k % 2])
         trade = Trade(contract=contract, order=order,
                       orderStatus=OrderStatus(orderId=n, status="Filled"))
         fill = Fill(contract, execution, report, datetime.now(UTC))
@@ -182,6 +187,29 @@ class GcPauses:
         gc.callbacks.remove(self)
 
 
+class LoopLag:
+    """The largest event-loop lag seen between ``start()`` and ``stop()`` (a 1 ms ticker)."""
+
+    def __init__(self) -> None:
+        self.max = 0.0
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._tick())
+
+    async def _tick(self) -> None:
+        while not self._stop.is_set():
+            before = time.perf_counter()
+            await asyncio.sleep(0.001)
+            self.max = max(self.max, time.perf_counter() - before - 0.001)
+
+    async def stop(self) -> None:
+        self._stop.set()
+        assert self._task is not None
+        await self._task
+
+
 async def fixed_load(uri: str, messages: list[dict[str, Any]], rate: float
                      ) -> tuple[list[float], list[float], float, list[tuple[int, float]]]:
     """Offer ``rate`` fills/s; returns event-to-durable latencies (s) of the fill rows and of
@@ -191,15 +219,7 @@ async def fixed_load(uri: str, messages: list[dict[str, Any]], rate: float
     sent: dict[int, float] = {}
     latencies: list[float] = []
     state_latencies: list[float] = []
-    lag = 0.0
-    stop = asyncio.Event()
-
-    async def monitor() -> None:
-        nonlocal lag
-        while not stop.is_set():
-            before = time.perf_counter()
-            await asyncio.sleep(0.001)
-            lag = max(lag, time.perf_counter() - before - 0.001)
+    lag = LoopLag()
 
     async with PortfolioManager(uri) as pm:
         done = 0
@@ -224,7 +244,7 @@ async def fixed_load(uri: str, messages: list[dict[str, Any]], rate: float
         pm.on_state_durable = state_durable
         pm.subscribe(source)
         base = pm.received  # a recovery that wrote something took a receipt of its own
-        watcher = asyncio.create_task(monitor())
+        lag.start()
         with GcPauses() as collections:
             started = time.perf_counter()
             for i, msg in enumerate(messages):
@@ -236,10 +256,9 @@ async def fixed_load(uri: str, messages: list[dict[str, Any]], rate: float
                 source.message_queue.put_nowait(msg)
             await source.message_queue.join()
             await pm.flush()
-        stop.set()
-        await watcher
+        await lag.stop()
         report_stats(pm)
-    return latencies, state_latencies, lag, collections.pauses
+    return latencies, state_latencies, lag.max, collections.pauses
 
 
 def simulate_crash_journal(uri: str, messages: list[dict[str, Any]]) -> None:
@@ -268,6 +287,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             return await recovery_only(work, args.recovery_fills)
         if args.latency_stored:
             return await latency_on_stored(work, args.latency_stored, args.seconds)
+        if args.unseal:
+            return await unseal_only(work, args.unseal)
         messages = make_messages(0, args.fills)
         load = make_messages(args.fills, int(args.seconds * 1000))
         uri = f"lmdb://{work / 'micro'}"  # the first run's root: recovery reopens it below
@@ -318,14 +339,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def store_fills(uri: str, count: int) -> None:
+def store_fills(uri: str, count: int, *, one_key: bool = False) -> None:
     """Store ``count`` fills straight into ``fills`` (raw appends of 50,000, not timed)."""
     store = open_store(uri)
     try:
         step = 50_000
         now = datetime.now(UTC)
         for start in range(0, count, step):
-            msgs = make_messages(start, min(step, count - start))
+            msgs = make_messages(start, min(step, count - start), one_key=one_key)
             events = [parse_message(m, received_at=now) for m in msgs]
             by_account: dict[str, tuple[list[Any], list[Any]]] = {}
             for i, e in enumerate(events):
@@ -361,6 +382,45 @@ async def latency_on_stored(work: Path, count: int, seconds: float) -> dict[str,
             "loop_lag_ms": round(lag * 1000, 2), "gc_max_ms": round(max_pause(pauses), 1)}
 
 
+async def unseal_only(work: Path, count: int) -> dict[str, Any]:
+    """A key of ``count`` fills restored (unread) after a restart, then a re-delivered
+    duplicate of one of them: the manager reads the key in a worker thread and installs it
+    on the event loop; the baseline is the ledger reading it on the loop (as before Dec 2)."""
+    uri = f"lmdb://{work / 'unseal'}?map_size=8GB"
+    store_fills(uri, count, one_key=True)
+    await recovery(uri)  # the first open refolds and writes the positions rows
+    duplicate = make_messages(count // 2, 1, one_key=True)[0]
+    lags: list[float] = []
+    for _ in range(2):  # a warm-up round, then the measured one
+        lag = LoopLag()
+        async with PortfolioManager(uri) as pm:
+            assert pm.ledger.restored_keys == 1
+            lag.start()
+            with GcPauses() as collections:
+                await asyncio.sleep(0.01)
+                await pm.process_message(duplicate)
+                await pm.flush()
+                await lag.stop()
+            assert pm.ledger.restored_keys == 0 and "unseal_read" in pm.stats
+            read_s, install_s = pm.stats["unseal_read"][1], pm.stats["unseal_install"][1]
+        lags.append(lag.max)
+    async with PortfolioManager(uri) as pm:  # baseline: the same key read on the loop
+        key = next(iter(pm.ledger.keys()))
+        started = time.perf_counter()
+        pm.ledger.fills_of(key)
+        on_loop_s = time.perf_counter() - started
+    print(f"a restored key of {count:,} fills read for a duplicate: max loop lag "
+          f"{lags[-1] * 1000:.0f} ms (read {read_s * 1000:.0f} ms in a worker thread, "
+          f"installed in {install_s * 1000:.0f} ms on the loop); read on the loop it stalls "
+          f"{on_loop_s * 1000:.0f} ms ({on_loop_s / lags[-1]:.1f}x the lag); longest garbage "
+          f"collection meanwhile {max_pause(collections.pauses):.0f} ms", file=sys.stderr)
+    return {"unseal_fills": count, "loop_lag_ms": round(lags[-1] * 1000, 1),
+            "read_ms": round(read_s * 1000, 1), "install_ms": round(install_s * 1000, 1),
+            "on_loop_ms": round(on_loop_s * 1000, 1),
+            "vs_on_loop": round(on_loop_s / lags[-1], 2),
+            "gc_max_ms": round(max_pause(collections.pauses), 1)}
+
+
 async def recovery_only(work: Path, count: int) -> dict[str, Any]:
     """Store ``count`` fills (raw appends, not timed), then time a manager's recovery."""
     uri = f"lmdb://{work / 'rec'}?map_size=8GB"
@@ -390,6 +450,8 @@ if __name__ == "__main__":
     parser.add_argument("--recovery-fills", type=int, default=0)
     parser.add_argument("--latency-stored", type=int, default=0,
                         help="only the fixed-load phase, on a root holding this many fills")
+    parser.add_argument("--unseal", type=int, default=0,
+                        help="only the loop lag of reading a restored key of this many fills")
     parsed = parser.parse_args()
     if parsed.repeat < 1:
         parser.error(f"--repeat={parsed.repeat}: must be >= 1")

@@ -117,6 +117,26 @@ class RestoredKey:
     load: Callable[[], Iterable[tuple[Fill, CommissionReport | None]]]
 
 
+@dataclass(frozen=True, slots=True)
+class Unsealing:
+    """A sealed key's fills, read and folded by :meth:`Ledger.read_sealed`, for
+    :meth:`Ledger.install`: ``on_top`` fills were folded on the key since it was sealed;
+    ``fills`` (with ``bases``, parallel) are the ones read, ``reports`` their commission
+    reports the ledger does not hold yet, ``comm``/``pending`` the key's commission counts
+    over all its fills, ``position`` their fold and ``last`` the last in canonical order."""
+
+    key: PositionKey
+    restored: RestoredKey
+    on_top: int
+    fills: list[Fill]
+    bases: list[str]
+    reports: list[tuple[str, CommissionReport]]
+    comm: dict[str, tuple[float, int]]
+    pending: int
+    position: Position
+    last: Fill
+
+
 class Ledger:
     """In-memory state of the books. Pure: no I/O, no clocks."""
 
@@ -179,31 +199,116 @@ class Ledger:
         self._sealed_exec.update(dict.fromkeys(restored.exec_ids, key))
 
     def _unseal(self, key: PositionKey) -> None:
-        """Load a restored key's fills and refold it from them."""
-        restored = self._sealed.pop(key, None)
+        """Load a restored (or sealed) key's fills and refold it from them."""
+        work = self.read_sealed(key)
+        if work is not None:
+            self.install(work)
+
+    def read_sealed(self, key: PositionKey) -> Unsealing | None:
+        """Read a sealed key's fills and fold the key from them, changing nothing (None when
+        the key is not sealed): the costly part of unsealing (~6-9 us per fill, Dec 2), so the
+        PortfolioManager runs it in a worker thread for a big key while no event is folded,
+        then :meth:`install` s it on the event loop (C-level dict updates, ~2 us per fill)."""
+        restored = self._sealed.get(key)
         if restored is None:
-            return
-        fills = self._by_key.setdefault(key, {})  # fills folded on top since the restore
-        for fill, report in restored.load():
-            ident = (fill.account, fill.exec_id_base)
-            self._sealed_live.pop(ident, None)
-            self._sealed_rev.pop(ident, None)
-            self._sealed_exec.pop(fill.exec_id, None)
-            self._live[ident] = fill
-            fills[fill.exec_id_base] = fill
-            self._exec_key[fill.exec_id] = key
-            if report is not None and fill.exec_id not in self._commissions:
-                self._commissions[fill.exec_id] = report
-        for exec_id, base in zip(restored.exec_ids, restored.bases, strict=True):
+            return None
+        # Fills folded on the key since it was sealed: one C-level copy (atomic under the GIL
+        # when this runs in a thread; install() checks the key did not move on since).
+        on_top = list(self._by_key.get(key, {}).values())
+        loaded = list(restored.load())
+        fills = [f for f, _ in loaded]
+        account = key.account
+        bases = [f.exec_id_base for f in fills]
+        if (len(fills) != len(restored.bases) or set(bases) != set(restored.bases)
+                or any(f.account != account for f in fills)):
             # the loader's duty; never trust it blindly
-            self._sealed_rev.pop((key.account, base), None)
-            if self._sealed_live.pop((key.account, base), None) is not None:
-                raise ValueError(f"restore: exec_id={exec_id!r} of key={key!r} was not loaded")
-            self._sealed_exec.pop(exec_id, None)
-        self._comm[key], self._pending[key] = {}, 0
-        for fill in fills.values():
-            self._count_commission(key, fill.exec_id, +1)
-        self._refold(key)
+            read = set(bases)
+            for exec_id, base in zip(restored.exec_ids, restored.bases, strict=True):
+                if base not in read:
+                    raise ValueError(f"restore: exec_id={exec_id!r} of key={key!r} was not "
+                                     f"loaded")
+            raise ValueError(f"restore: the loader of key={key!r} returned {len(fills)} fills "
+                             f"for {len(restored.bases)} executions (or another account's)")
+        # A report already held for one of them wins over the one kept with it.
+        known = self._commissions
+        reports = [(f.exec_id, r) for f, r in loaded if r is not None and f.exec_id not in known]
+        merged = dict(reports)
+        comm: dict[str, tuple[float, int]] = {}
+        pending = 0
+        for fill in (*on_top, *fills):  # the order _count_commission would add them in
+            report = known.get(fill.exec_id) or merged.get(fill.exec_id)
+            if report is None or not report.known:
+                pending += 1
+                continue
+            total, n = comm.get(report.currency, (0.0, 0))
+            comm[report.currency] = (total + report.commission, n + 1)
+        everything = [*fills, *on_top]
+        return Unsealing(key, restored, len(on_top), fills, bases, reports, comm, pending,
+                         fold(everything), max(everything, key=Fill.sort_key))
+
+    def install(self, work: Unsealing) -> bool:
+        """Take the fills :meth:`read_sealed` read; False (nothing changed) when the key moved
+        on since (unsealed, or a fill folded on top): it is then unsealed when next needed."""
+        key, restored = work.key, work.restored
+        fills = self._by_key.get(key)
+        if self._sealed.get(key) is not restored or len(fills or ()) != work.on_top:
+            return False
+        del self._sealed[key]
+        if fills is None:
+            fills = self._by_key[key] = {}
+        idents = list(zip(repeat(key.account), work.bases, strict=False))
+        exec_ids = [f.exec_id for f in work.fills]
+        sealed_live, sealed_rev, sealed_exec = (self._sealed_live, self._sealed_rev,
+                                                self._sealed_exec)
+        for ident in idents:
+            sealed_live.pop(ident, None)
+            sealed_rev.pop(ident, None)
+        for exec_id in restored.exec_ids:
+            sealed_exec.pop(exec_id, None)
+        self._live.update(zip(idents, work.fills, strict=True))
+        fills.update(zip(work.bases, work.fills, strict=True))
+        self._exec_key.update(dict.fromkeys(exec_ids, key))
+        self._commissions.update(work.reports)
+        self._comm[key], self._pending[key] = work.comm, work.pending
+        # The fold of every fill of the key (as _refold would): the restored state was a
+        # cache of it, never a second truth.
+        self._positions[key] = work.position
+        self._last_sort[key] = work.last.sort_key()
+        self._last_price[key] = work.last.price
+        return True
+
+    def sealed_keys(self, fill: Fill | None, report: CommissionReport | None
+                    ) -> list[tuple[PositionKey, int]]:
+        """The sealed keys (with how many fills each holds unread) that folding this fill
+        and/or commission report would unseal: the key of a sealed execution it repeats or
+        corrects, its own key when sealed and it is out of order or a correction, the key of
+        a sealed execution the report is for."""
+        if not self._sealed:
+            return []
+        keys: list[PositionKey] = []
+        if fill is not None:
+            ident = (fill.account, fill.exec_id_base)
+            sealed = self._sealed_live.get(ident)
+            if sealed is not None:
+                keys.append(sealed)
+            live = self._live.get(ident)
+            correction = sealed is not None or (live is not None
+                                                and live.exec_id != fill.exec_id)
+            if live is not None and live.exec_id != fill.exec_id:
+                # a correction of a fill folded on top of a sealed key reads that key
+                old = self._exec_key.get(live.exec_id)
+                if old is not None and old in self._sealed and old not in keys:
+                    keys.append(old)
+            own = self._keys.get(fill.key)
+            if own is not None and own in self._sealed and own not in keys:
+                last = self._last_sort.get(own)
+                if correction or (last is not None and fill.sort_key() <= last):
+                    keys.append(own)
+        if report is not None:
+            sealed = self._sealed_exec.get(report.exec_id)
+            if sealed is not None and sealed not in keys:
+                keys.append(sealed)
+        return [(k, len(self._sealed[k].exec_ids)) for k in keys]
 
     def seal(self, key: PositionKey) -> int:
         """Keep ``key``'s fills in a compact form the garbage collector does not track (tuples

@@ -247,10 +247,14 @@ def test_restored_keys_then_more_events_equal_one_uninterrupted_run(
     for key, item in snapshot(first).items():
         restored.restore(key, item)
     for e in after:
+        fill, report = (e, None) if isinstance(e, Fill) else (None, e)
+        predicted = {key for key, _ in restored.sealed_keys(fill, report)}
+        before_keys = set(restored._sealed)
         if isinstance(e, Fill):
             restored.apply_fill(e)
         else:
             restored.apply_commission(e)
+        assert before_keys - set(restored._sealed) <= predicted  # what the manager reads ahead
     assert state(restored) == state(uninterrupted)
     assert commissions_close(restored, uninterrupted)
     assert len(restored) == len(uninterrupted)
@@ -286,10 +290,21 @@ def test_sealing_keys_at_any_point_changes_no_outcome_and_no_state(
     dup_idx = draw.draw(st.lists(st.integers(0, len(events) - 1), max_size=len(events)))
     events += [events[i] for i in dup_idx]
     seal_after = set(draw.draw(st.lists(st.integers(0, len(events) - 1), max_size=6)))
+    ahead = set(draw.draw(st.lists(st.integers(0, len(events) - 1), max_size=len(events))))
     plain, sealing = Ledger(), Ledger()
     sealed = 0
     for i, ev in enumerate(events):
+        fill, report = (ev, None) if isinstance(ev, Fill) else (None, ev)
+        predicted = {key for key, _ in sealing.sealed_keys(fill, report)}
+        if i in ahead:  # as the manager does for a big key: read it first, then install
+            for key in predicted:
+                work = sealing.read_sealed(key)
+                assert work is not None and sealing.install(work)
+                assert not sealing.install(work)  # the key moved on: a no-op
+        before = set(sealing._sealed)
         assert apply(sealing, ev) == apply(plain, ev)
+        # sealed_keys names every key the event unseals (the manager relies on it)
+        assert before - set(sealing._sealed) <= predicted
         if i in seal_after:
             keys = list(sealing.keys())
             chosen = draw.draw(st.lists(st.sampled_from(keys), unique=True)) if keys else []

@@ -524,6 +524,50 @@ async def test_idle_positions_are_sealed_and_later_events_still_see_their_fills(
                                       b.drop(columns=drop).reset_index(drop=True))
 
 
+@pytest.mark.asyncio
+async def test_a_big_restored_key_is_read_in_a_worker_thread_before_its_event(
+        tmp_path: Path) -> None:
+    """After a restart a key's fills stay unread until an event needs them (a re-delivered
+    duplicate, a late commission, a correction). For a key of UNSEAL_IN_THREAD fills or more
+    they are read in a worker thread first (the event loop only installs them): the stored
+    libraries equal those of a manager that never restarted."""
+    from backend.core.portfolio_manager import UNSEAL_IN_THREAD
+
+    n = UNSEAL_IN_THREAD + 100
+    first = [fill_msg("alpha", ib_fill(i, "BOT" if i % 3 else "SLD", 1.0, 100.0 + i % 7))
+             for i in range(1, n + 1)]
+    small = [fill_msg("beta", ib_fill(n + i, "BOT", 2.0, 50.0, contract=MSFT))
+             for i in range(1, 4)]
+    later = [fill_msg("alpha", ib_fill(5, "BOT", 1.0, 105.0)),  # a duplicate
+             fill_msg("alpha", ib_fill(7, "BOT", 1.0, 107.0, commission=0.5)),  # late report
+             fill_msg("alpha", ib_fill(8, "SLD", 3.0, 98.0, revision=2)),  # a correction
+             fill_msg("beta", ib_fill(n + 1, "BOT", 2.0, 50.0, contract=MSFT,
+                                      commission=1.0))]  # small key: read on the loop
+    restarted, plain = f"lmdb://{tmp_path / 'restarted'}", f"lmdb://{tmp_path / 'plain'}"
+    async with PortfolioManager(restarted) as pm:
+        for msg in first + small:
+            await pm.process_message(msg)
+        await pm.flush()
+    async with PortfolioManager(restarted) as pm:
+        assert pm.ledger.restored_keys == 2
+        for msg in later:
+            await pm.process_message(msg)
+        await pm.flush()
+        assert pm.stats["unseal_read"][0] == 1  # alpha's key, once; beta's on the loop
+        assert pm.ledger.restored_keys == 0
+    async with PortfolioManager(plain) as pm:
+        for msg in first + small + later:
+            await pm.process_message(msg)
+        await pm.flush()
+    for library, symbol in ((FILLS, ACCOUNT), (POSITIONS, "alpha"), (POSITIONS, "beta"),
+                            (PORTFOLIO, ACCOUNT)):
+        a, b = read(plain, library, symbol), read(restarted, library, symbol)
+        drop = [c for c in ("recorded_at", "last_updated", "timestamp", "seq", "watermark")
+                if c in a.columns]
+        pd.testing.assert_frame_equal(a.drop(columns=drop).reset_index(drop=True),
+                                      b.drop(columns=drop).reset_index(drop=True))
+
+
 def test_seal_after_must_be_positive(tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError, match="seal_after=0"):
         PortfolioManager(f"lmdb://{tmp_path / 'x'}", seal_after=0)
