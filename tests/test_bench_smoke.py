@@ -70,3 +70,12 @@ def test_ingest_bench_latency_on_a_stored_root() -> None:
     assert 0 < result["p50_ms"] <= result["p99_ms"]
     assert "gc_max_ms" in result
     assert any(line.startswith("with 2,000 fills stored") for line in text)
+
+
+def test_ingest_bench_unseal_of_a_restored_key() -> None:
+    text, result = bench("ingest.py", "--unseal", "1000")
+    assert result["unseal_fills"] == 1000
+    assert result["read_ms"] > 0 and result["install_ms"] > 0 and result["on_loop_ms"] > 0
+    assert math.isclose(result["vs_on_loop"], result["on_loop_ms"] / result["loop_lag_ms"],
+                        rel_tol=0.05)  # the ratio of the unrounded figures
+    assert any(line.startswith("a restored key of 1,000 fills") for line in text)
