@@ -51,6 +51,9 @@ from backend.core.model import (
 from backend.core.position import Position, apply_fill, empty_position, fold
 from backend.errors import ConflictingFillError
 
+# Returns a restored or sealed key's fills, each with its commission report or None.
+Loader = Callable[[], Iterable[tuple[Fill, CommissionReport | None]]]
+
 
 class FillOutcome(StrEnum):
     NEW = "new"
@@ -114,7 +117,7 @@ class RestoredKey:
     revisions: Sequence[int]
     commissions: dict[str, tuple[float, int]]
     pending: int
-    load: Callable[[], Iterable[tuple[Fill, CommissionReport | None]]]
+    load: Loader
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,13 +193,17 @@ class Ledger:
         self._seal_as(key, restored)
 
     def _seal_as(self, key: PositionKey, restored: RestoredKey) -> None:
-        """Register ``key``'s executions as known but unread (restore and seal)."""
+        """Register a restored ``key``'s executions as known but unread."""
         self._sealed[key] = restored
+        self._register(key, restored.exec_ids, restored.bases, restored.revisions)
+
+    def _register(self, key: PositionKey, exec_ids: Sequence[str], bases: Sequence[str],
+                  revisions: Sequence[int]) -> None:
         # C-level loops: a restart restores up to millions of executions this way.
-        idents = list(zip(repeat(key.account), restored.bases, strict=False))
+        idents = list(zip(repeat(key.account), bases, strict=False))
         self._sealed_live.update(dict.fromkeys(idents, key))
-        self._sealed_rev.update(zip(idents, restored.revisions, strict=True))
-        self._sealed_exec.update(dict.fromkeys(restored.exec_ids, key))
+        self._sealed_rev.update(zip(idents, revisions, strict=True))
+        self._sealed_exec.update(dict.fromkeys(exec_ids, key))
 
     def _unseal(self, key: PositionKey) -> None:
         """Load a restored (or sealed) key's fills and refold it from them."""
@@ -310,42 +317,64 @@ class Ledger:
                 keys.append(sealed)
         return [(k, len(self._sealed[k].exec_ids)) for k in keys]
 
-    def seal(self, key: PositionKey) -> int:
-        """Keep ``key``'s fills in a compact form the garbage collector does not track (tuples
-        of plain values), as a restored key keeps them unread; returns how many were sealed.
+    def seal(self, key: PositionKey, *, settled_only: bool = False) -> int:
+        """Keep ``key``'s live fills in a compact form the garbage collector does not track
+        (tuples of plain values), as a restored key keeps them unread; returns how many were
+        sealed. A key sealed before takes the fills folded on it since into its pack.
+        ``settled_only``: only fills whose commission is known (what usually still comes for
+        a fill is its commission report, and a report for a sealed fill unseals the key).
 
         Why: a long session holds every live fill, and each full collection of the process
-        scans every ``Fill`` (200,000 of them took 345-390 ms, Dec 2). The state of the key
-        (position, commissions, marks) stays as it is; anything that needs the fills (a
-        duplicate to compare, a correction, an out-of-order fill, a commission report for one
-        of them, a query) unseals the key first and refolds it from them, exactly as for a
-        restored key, so sealing never changes an outcome (property-tested)."""
+        scans every ``Fill`` (200,000 of them took 257-390 ms, Dec 2; sealed, 64 ms, most of
+        it the interpreter's own objects). The state of the key (position, commissions,
+        marks) stays as it is; anything that needs the fills (a duplicate to compare, a
+        correction, an out-of-order fill, a commission report for one of them, a query)
+        unseals the key first and refolds it from them, exactly as for a restored key, so
+        sealing never changes an outcome (property-tested)."""
         fills = self._by_key.get(key)
-        if key in self._sealed or not fills:
+        if not fills:
             return 0
-        ordered = sorted(fills.values(), key=Fill.sort_key)
+        known = self._commissions
+        chosen = sorted((f for f in fills.values() if not settled_only or (
+            (r := known.get(f.exec_id)) is not None and r.known)), key=Fill.sort_key)
+        if not chosen:
+            return 0
         instruments: list[Instrument] = []
         packed = []
-        for f in ordered:
+        for f in chosen:
             if not instruments or instruments[-1] != f.instrument:
                 instruments.append(f.instrument)
-            report = self._commissions.pop(f.exec_id, None)
+            report = known.pop(f.exec_id, None)
             packed.append((f.exec_id, f.account, f.strategy, len(instruments) - 1, f.side.value,
                            f.qty, f.price, f.time, f.order_id, f.perm_id, f.order_ref,
                            f.exchange, None if report is None else (
                                report.commission, report.currency, report.realized_pnl)))
             del self._live[(f.account, f.exec_id_base)]
             del self._exec_key[f.exec_id]
-        del self._by_key[key]
-        frozen = tuple(instruments)
-        restored = RestoredKey(
+            del fills[f.exec_id_base]
+        if not fills:
+            del self._by_key[key]
+        exec_ids = [f.exec_id for f in chosen]
+        bases = [f.exec_id_base for f in chosen]
+        revisions = [f.revision for f in chosen]
+        self._register(key, exec_ids, bases, revisions)
+        loads: list[Loader] = [_Pack(packed, tuple(instruments))]
+        old = self._sealed.get(key)
+        if old is not None:  # one pack more: the executions sealed before stay as they are
+            loads[:0] = old.load.parts if isinstance(old.load, _Loads) else [old.load]
+            exec_ids = [*old.exec_ids, *exec_ids]
+            bases = [*old.bases, *bases]
+            revisions = [*old.revisions, *revisions]
+        self._sealed[key] = RestoredKey(
             position=self._positions[key], last_sort=self._last_sort[key],
-            last_price=self._last_price[key], exec_ids=[f.exec_id for f in ordered],
-            bases=[f.exec_id_base for f in ordered], revisions=[f.revision for f in ordered],
-            commissions=dict(self._comm.get(key, {})), pending=self._pending.get(key, 0),
-            load=lambda: [_unpack(row, frozen) for row in packed])
-        self._seal_as(key, restored)
-        return len(ordered)
+            last_price=self._last_price[key], exec_ids=exec_ids, bases=bases,
+            revisions=revisions, commissions=dict(self._comm.get(key, {})),
+            pending=self._pending.get(key, 0), load=_Loads(loads))
+        return len(chosen)
+
+    def live_count(self, key: PositionKey) -> int:
+        """How many of ``key``'s fills are held as objects (not sealed)."""
+        return len(self._by_key.get(key, ()))
 
     def _unseal_all(self) -> None:
         for key in list(self._sealed):
@@ -561,6 +590,32 @@ class Ledger:
 
     def __len__(self) -> int:
         return len(self._live) + len(self._sealed_live)
+
+
+class _Pack:
+    """Sealed fills (see :meth:`Ledger.seal`): plain tuples and the instruments they name."""
+
+    __slots__ = ("instruments", "rows")
+
+    def __init__(self, rows: list[tuple[Any, ...]], instruments: tuple[Instrument, ...]) -> None:
+        self.rows, self.instruments = rows, instruments
+
+    def __call__(self) -> list[tuple[Fill, CommissionReport | None]]:
+        return [_unpack(row, self.instruments) for row in self.rows]
+
+
+class _Loads:
+    """The loader of a key sealed more than once: its packs (and the restored key's own
+    loader, if it was restored), read in order. A flat list, not nested closures: a key
+    sealed at every sweep of a long session would nest them thousands deep."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, parts: list[Loader]) -> None:
+        self.parts = parts
+
+    def __call__(self) -> list[tuple[Fill, CommissionReport | None]]:
+        return [item for part in self.parts for item in part()]
 
 
 def _unpack(row: tuple[Any, ...], instruments: tuple[Instrument, ...]

@@ -274,6 +274,43 @@ def test_stored_fills_share_their_position_key() -> None:
     assert len(keys) <= 4  # alpha and beta, plus a transient or two; not one per fill
 
 
+def test_sealing_again_packs_the_fills_folded_since_and_settled_only_keeps_unreported_ones(
+) -> None:
+    """A busy key is sealed at every sweep: each seal adds the fills folded since to the
+    pack (no nesting, no copy of what was sealed); ``settled_only`` leaves fills whose
+    commission is not known live, so the report that usually follows does not unseal."""
+    ledger, plain = Ledger(), Ledger()
+    fills = [fill(n, "BUY" if n % 3 else "SELL", 1.0, 100.0 + n % 7) for n in range(1, 301)]
+    key = fills[0].key
+    for sweep in range(3):
+        for i, f in enumerate(fills[sweep * 100:(sweep + 1) * 100]):
+            for led in (ledger, plain):
+                led.apply_fill(f)
+                if i % 10 != 5:  # most reports arrive; some are late
+                    led.apply_commission(CommissionReport(f.exec_id, 0.5, "USD"))
+        live = ledger.live_count(key)
+        sealed = ledger.seal(key, settled_only=True)
+        assert 0 < sealed < live  # the unreported ones stay live
+        assert ledger.live_count(key) == live - sealed
+        assert ledger.restored_keys == 1  # one key, however many packs
+        assert (ledger.position(key), ledger.commissions(key)) == (
+            plain.position(key), plain.commissions(key))
+    unreported = [f for f in fills if plain.commission_for(f.exec_id) is None]
+    assert len(unreported) == 30 and ledger.restored_keys == 1
+    for led in (ledger, plain):  # their reports come late: no pack is read for them
+        for f in unreported:
+            led.apply_commission(CommissionReport(f.exec_id, 0.25, "USD"))
+    assert ledger.restored_keys == 1
+    assert ledger.seal(key) == len(unreported)  # now everything is packed
+    assert ledger.live_count(key) == 0
+    assert ledger.fills_of(key) == plain.fills_of(key)  # reads all three packs and more
+    assert ledger.restored_keys == 0
+    assert (ledger.position(key), ledger.commissions(key)) == (
+        plain.position(key), plain.commissions(key))
+    for f in fills:
+        assert ledger.commission_for(f.exec_id) == plain.commission_for(f.exec_id)
+
+
 def test_sealing_a_position_takes_its_fills_out_of_the_gc_scan() -> None:
     import gc
 
