@@ -26,6 +26,8 @@ disagreement), once from the positions rows the first run wrote. ``--latency-sto
 runs the fixed-load phase (``--seconds``), on a root that holds N fills, after a restart.
 ``--unseal N`` only measures the event-loop lag when a restored key of N fills is first
 needed after a restart (a re-delivered duplicate), against reading it on the loop.
+``--gc-session N`` only measures a full garbage collection after N fills through one manager,
+with ``seal_after`` off and on.
 """
 
 from __future__ import annotations
@@ -71,9 +73,11 @@ class Source:
         self.message_queue: asyncio.Queue[Any] = asyncio.Queue()
 
 
-def make_messages(start: int, count: int, *, one_key: bool = False) -> list[dict[str, Any]]:
+def make_messages(start: int, count: int, *, one_key: bool = False,
+                  reported: bool = False) -> list[dict[str, Any]]:
     """Fills spread over 2 accounts x 4 strategies x 50 contracts (``one_key``: all in the
-    first account, strategy and contract)."""
+    first account, strategy and contract); every other one carries its commission report
+    (``reported``: every one)."""
     contracts = [Contract(conId=1000 + i, symbol=f"S{i}", secType="STK", currency="USD",
                           exchange="SMART") for i in range(N_CONTRACTS)]
     out = []
@@ -87,8 +91,8 @@ def make_messages(start: int, count: int, *, one_key: bool = False) -> list[dict
                               acctNumber=ACCOUNTS[k % 2], exchange="NYSE", side=side,
                               shares=float(1 + n % 10), price=100.0 + (n % 13) * 0.25,
                               permId=n, orderId=n, orderRef=strategy)
-        report = CommissionReport(execId=eid, commission=1.0, currency="USD") if n % 2 \
-            else CommissionReport()
+        report = CommissionReport(execId=eid, commission=1.0, currency="USD") \
+            if n % 2 or reported else CommissionReport()
         order = Order(orderId=n, permId=n, action="BUY" if side == "BOT" else "SELL",
                       totalQuantity=execution.shares, orderType="MKT", orderRef=strategy,
                       account=ACCOUNTS[k % 2])
@@ -289,6 +293,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             return await latency_on_stored(work, args.latency_stored, args.seconds)
         if args.unseal:
             return await unseal_only(work, args.unseal)
+        if args.gc_session:
+            return await gc_session(work, args.gc_session)
         messages = make_messages(0, args.fills)
         load = make_messages(args.fills, int(args.seconds * 1000))
         uri = f"lmdb://{work / 'micro'}"  # the first run's root: recovery reopens it below
@@ -421,6 +427,52 @@ async def unseal_only(work: Path, count: int) -> dict[str, Any]:
             "gc_max_ms": round(max_pause(collections.pauses), 1)}
 
 
+async def gc_session(work: Path, count: int) -> dict[str, Any]:
+    """``count`` fills (every one with its commission report, as IB sends them) through one
+    manager without sealing, then through one with ``seal_after=600`` (instruments never
+    idle here: only the busy-position sweep, every SEAL_SWEEP seconds, seals): ingest rate,
+    then one full garbage collection timed (best of 3) and the objects it tracks, after a
+    sweep that followed the last fill."""
+    from backend.core.portfolio_manager import SEAL_SWEEP
+
+    out: dict[str, Any] = {"session_fills": count}
+    for label, seal_after in (("off", None), ("on", 600.0)):
+        gc.collect()
+        uri = f"lmdb://{work / f'gc-{label}'}?map_size=8GB"
+        async with PortfolioManager(uri, seal_after=seal_after) as pm:
+            elapsed = 0.0
+            for start in range(0, count, 20_000):  # 20k ib_async objects at a time
+                chunk = make_messages(start, min(20_000, count - start), reported=True)
+                started = time.perf_counter()
+                for msg in chunk:
+                    await pm.process_message(msg)
+                await pm.flush()
+                elapsed += time.perf_counter() - started
+                del chunk, msg
+            out[f"fills_per_s_seal_{label}"] = round(count / elapsed)
+            if seal_after is not None:
+                await asyncio.sleep(SEAL_SWEEP + 0.5)  # a sweep after the last fill
+            gc_ms, tracked = full_collection()
+            out[f"gc_ms_seal_{label}"], out[f"tracked_seal_{label}"] = gc_ms, tracked
+            live = sum(pm.ledger.live_count(k) for k in tuple(pm.ledger.keys()))
+            print(f"{count:,} fills, seal_after={seal_after}: "
+                  f"{out[f'fills_per_s_seal_{label}']:,} fills/s; {live:,} fills live; a full "
+                  f"collection {gc_ms:.0f} ms over {tracked:,} tracked objects", file=sys.stderr)
+    out["vs_no_seal"] = round(out["gc_ms_seal_off"] / out["gc_ms_seal_on"], 2)
+    print(f"full collection with sealing: {out['vs_no_seal']:.1f}x faster", file=sys.stderr)
+    return out
+
+
+def full_collection() -> tuple[float, int]:
+    """(best of 3 full collections in ms, objects the collector tracks)."""
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        gc.collect()
+        times.append((time.perf_counter() - started) * 1000)
+    return round(min(times), 1), len(gc.get_objects())
+
+
 async def recovery_only(work: Path, count: int) -> dict[str, Any]:
     """Store ``count`` fills (raw appends, not timed), then time a manager's recovery."""
     uri = f"lmdb://{work / 'rec'}?map_size=8GB"
@@ -452,6 +504,9 @@ if __name__ == "__main__":
                         help="only the fixed-load phase, on a root holding this many fills")
     parser.add_argument("--unseal", type=int, default=0,
                         help="only the loop lag of reading a restored key of this many fills")
+    parser.add_argument("--gc-session", type=int, default=0,
+                        help="only the full-collection time after this many fills, sealing "
+                             "off and on")
     parsed = parser.parse_args()
     if parsed.repeat < 1:
         parser.error(f"--repeat={parsed.repeat}: must be >= 1")

@@ -79,3 +79,14 @@ def test_ingest_bench_unseal_of_a_restored_key() -> None:
     assert math.isclose(result["vs_on_loop"], result["on_loop_ms"] / result["loop_lag_ms"],
                         rel_tol=0.05)  # the ratio of the unrounded figures
     assert any(line.startswith("a restored key of 1,000 fills") for line in text)
+
+
+def test_ingest_bench_gc_session() -> None:
+    text, result = bench("ingest.py", "--gc-session", "2000")
+    assert result["session_fills"] == 2000
+    # 2,000 fills over 400 positions: below SEAL_BUSY, nothing to seal; the figures exist
+    assert result["gc_ms_seal_off"] > 0 and result["gc_ms_seal_on"] > 0
+    assert result["tracked_seal_off"] > 0 and result["tracked_seal_on"] > 0
+    assert math.isclose(result["vs_no_seal"],
+                        result["gc_ms_seal_off"] / result["gc_ms_seal_on"], rel_tol=0.05)
+    assert any(line.startswith("full collection with sealing") for line in text)

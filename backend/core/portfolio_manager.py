@@ -81,6 +81,8 @@ _DEFER = 4  # state_interval multiple a state write waits while newer facts are 
 # A sealed key with at least this many unread fills is read in a worker thread before the
 # event that needs its fills is folded (below it, the thread hop costs more than the read).
 UNSEAL_IN_THREAD = 500
+SEAL_SWEEP = 10.0  # seal_after: the longest time between two sweeps (seconds)
+SEAL_BUSY = 256  # seal_after: a position with this many live fills gets its settled ones sealed
 
 
 def _dumps(obj: dict[str, Any]) -> str:
@@ -148,7 +150,7 @@ class PortfolioManager:
         batch_wait: float = 0.05,
         journal_sync: str = "FULL",
         store_opener: Callable[[str], Store] | None = None,
-        seal_after: float | None = None,
+        seal_after: float | None = 600.0,
     ) -> None:
         if max_batch < 1:
             raise InvalidInputError(f"max_batch={max_batch!r}: must be >= 1")
@@ -194,6 +196,7 @@ class PortfolioManager:
         self._journal_limiter = anyio.CapacityLimiter(1)
         self._store_limiter = anyio.CapacityLimiter(1)
         self._unseal_limiter = anyio.CapacityLimiter(1)
+        self._reading: set[PositionKey] = set()  # sealed keys being read in a worker thread
         self._activity: dict[int, float] = {}
         self._open = False
         self._entered = False
@@ -454,6 +457,7 @@ class PortfolioManager:
         ledger = self._books.ledger
         for key in keys:
             t0 = time.perf_counter()
+            self._reading.add(key)  # the seal sweep leaves it alone meanwhile
             try:
                 work = await anyio.to_thread.run_sync(ledger.read_sealed, key,
                                                       limiter=self._unseal_limiter)
@@ -461,6 +465,8 @@ class PortfolioManager:
                 self.log.exception("reading the fills of sealed key %s failed", key,
                                    extra={"account": key.account})
                 continue
+            finally:
+                self._reading.discard(key)
             t1 = time.perf_counter()
             if work is not None:
                 ledger.install(work)
@@ -567,21 +573,33 @@ class PortfolioManager:
             self._progress.set()
 
     async def _seal_loop(self, after: float) -> None:
-        """Seal the positions of instruments without a fill for ``after`` seconds (their fills
-        are long durable): their ``Fill`` objects leave the garbage collector's scan
-        (:meth:`Ledger.seal`); a later event for one of them unseals the key."""
+        """Every ``min(after / 4, SEAL_SWEEP)`` seconds, take fills out of the garbage
+        collector's scan (:meth:`Ledger.seal`): every fill of the positions of instruments
+        without a fill for ``after`` seconds, and the settled fills (commission known) of any
+        position holding SEAL_BUSY live fills or more, so a busy instrument is bounded too.
+        Fills not written yet stay live. A later event that needs sealed fills (a duplicate,
+        a correction, an out-of-order fill, a report for one of them) unseals the key: read
+        in a worker thread when it is big (:meth:`_read_sealed`)."""
         while True:
-            await asyncio.sleep(after / 4)  # a periodic sweep: there is no event to wait for
+            await asyncio.sleep(min(after / 4, SEAL_SWEEP))  # no event to wait for
             now = time.monotonic()
             idle = {con for con, at in self._activity.items() if now - at >= after}
-            if not idle:
-                continue
-            ledger, sealed = self._books.ledger, 0
-            for key in [k for k in tuple(ledger.keys()) if k.con_id in idle]:
-                sealed += ledger.seal(key)
-                await asyncio.sleep(0)  # one key at a time: the loop stays responsive
-            if sealed:  # a key sealed before is skipped (0): each sweep is O(keys)
-                self.log.info("sealed %d fills of %d idle instruments", sealed, len(idle))
+            ledger, sealed, keys = self._books.ledger, 0, 0
+            for key in tuple(ledger.keys()):
+                if key in self._reading:
+                    continue
+                if key.con_id in idle:
+                    settled_only = False
+                elif ledger.live_count(key) >= SEAL_BUSY:
+                    settled_only = True
+                else:
+                    continue
+                count = ledger.seal(key, settled_only=settled_only, keep=self._dirty.fills)
+                if count:
+                    sealed, keys = sealed + count, keys + 1
+                    await asyncio.sleep(0)  # one key at a time: the loop stays responsive
+            if sealed:
+                self.log.info("sealed %d fills of %d positions", sealed, keys)
 
     def _interval(self) -> float:
         """While a backlog (a full chunk or more) waits in the inbox, facts go first: state

@@ -568,6 +568,58 @@ async def test_a_big_restored_key_is_read_in_a_worker_thread_before_its_event(
                                       b.drop(columns=drop).reset_index(drop=True))
 
 
+@pytest.mark.asyncio
+async def test_a_busy_position_has_its_settled_fills_sealed_and_outcomes_do_not_change(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``seal_after`` on an instrument that never goes idle: each sweep seals the fills whose
+    commission is known once the position holds SEAL_BUSY live fills; fills still waiting
+    for their report stay live, so the late reports unseal nothing; a duplicate and a
+    correction of sealed fills afterwards give the libraries of a manager that never seals."""
+    import backend.core.portfolio_manager as pm_module
+
+    monkeypatch.setattr(pm_module, "SEAL_SWEEP", 0.01)
+    monkeypatch.setattr(pm_module, "SEAL_BUSY", 40)
+    n = 120
+    first = [fill_msg("alpha", ib_fill(i, "BOT" if i % 4 else "SLD", 1.0, 100.0 + i % 5,
+                                       commission=None if i % 10 == 3 else 0.5))
+             for i in range(1, n + 1)]
+    late = [fill_msg("alpha", ib_fill(i, "BOT" if i % 4 else "SLD", 1.0, 100.0 + i % 5,
+                                      commission=0.75)) for i in range(3, n + 1, 10)]
+    after = [first[10],  # a duplicate of a sealed fill
+             fill_msg("alpha", ib_fill(21, "SLD", 2.0, 99.0, revision=2))]  # a correction
+    roots = []
+    for seal_after in (None, 3600.0):
+        uri = f"lmdb://{tmp_path / str(seal_after)}"
+        async with PortfolioManager(uri, seal_after=seal_after) as pm:
+            key = None
+            for msg in first:
+                await pm.process_message(msg)
+            await pm.flush()
+            if seal_after is not None:
+                ledger = pm.ledger
+                key = next(iter(ledger.keys()))
+                deadline = asyncio.get_running_loop().time() + 10
+                while ledger.live_count(key) > len(late):  # the sweep seals the settled ones
+                    assert asyncio.get_running_loop().time() < deadline
+                    await asyncio.sleep(0.01)
+                assert ledger.live_count(key) == len(late) and ledger.restored_keys == 1
+            for msg in late:
+                await pm.process_message(msg)
+            await pm.flush()
+            if key is not None:
+                assert pm.ledger.restored_keys == 1  # the late reports were for live fills
+            for msg in after:
+                await pm.process_message(msg)
+            await pm.flush()
+        roots.append(uri)
+    plain, sealed = roots
+    for library, symbol in ((FILLS, ACCOUNT), (POSITIONS, "alpha"), (PORTFOLIO, ACCOUNT)):
+        a, b = read(plain, library, symbol), read(sealed, library, symbol)
+        drop = [c for c in ("recorded_at", "last_updated", "timestamp") if c in a.columns]
+        pd.testing.assert_frame_equal(a.drop(columns=drop).reset_index(drop=True),
+                                      b.drop(columns=drop).reset_index(drop=True))
+
+
 def test_seal_after_must_be_positive(tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError, match="seal_after=0"):
         PortfolioManager(f"lmdb://{tmp_path / 'x'}", seal_after=0)
