@@ -79,6 +79,7 @@ def test_ingest_bench_unseal_of_a_restored_key() -> None:
     assert math.isclose(result["vs_on_loop"], result["on_loop_ms"] / result["loop_lag_ms"],
                         rel_tol=0.05)  # the ratio of the unrounded figures
     assert any(line.startswith("a restored key of 1,000 fills") for line in text)
+    assert result["resealed"] == 500  # its fills with a commission, sealed again by the sweep
 
 
 def test_ingest_bench_gc_session() -> None:

@@ -83,6 +83,7 @@ _DEFER = 4  # state_interval multiple a state write waits while newer facts are 
 UNSEAL_IN_THREAD = 500
 SEAL_SWEEP = 10.0  # seal_after: the longest time between two sweeps (seconds)
 SEAL_BUSY = 256  # seal_after: a position with this many live fills gets its settled ones sealed
+SEAL_SLICE = 2000  # seal_after: fills packed per turn of the event loop
 
 
 def _dumps(obj: dict[str, Any]) -> str:
@@ -594,10 +595,16 @@ class PortfolioManager:
                     settled_only = True
                 else:
                     continue
-                count = ledger.seal(key, settled_only=settled_only, keep=self._dirty.fills)
-                if count:
-                    sealed, keys = sealed + count, keys + 1
-                    await asyncio.sleep(0)  # one key at a time: the loop stays responsive
+                # In slices (~5 us per fill): the loop stays responsive between them.
+                done = 0
+                while count := ledger.seal(key, settled_only=settled_only,
+                                           keep=self._dirty.fills, limit=SEAL_SLICE):
+                    done += count
+                    await asyncio.sleep(0)
+                    if key in self._reading:
+                        break
+                if done:
+                    sealed, keys = sealed + done, keys + 1
             if sealed:
                 self.log.info("sealed %d fills of %d positions", sealed, keys)
 

@@ -301,7 +301,9 @@ def test_sealing_again_packs_the_fills_folded_since_and_settled_only_keeps_unrep
         for f in unreported:
             led.apply_commission(CommissionReport(f.exec_id, 0.25, "USD"))
     assert ledger.restored_keys == 1
-    assert ledger.seal(key) == len(unreported)  # now everything is packed
+    assert ledger.seal(key, limit=10) == 10  # in slices: 10 more packed, the rest live
+    assert ledger.live_count(key) == len(unreported) - 10
+    assert ledger.seal(key) == len(unreported) - 10  # now everything is packed
     assert ledger.live_count(key) == 0
     assert ledger.fills_of(key) == plain.fills_of(key)  # reads all three packs and more
     assert ledger.restored_keys == 0

@@ -309,7 +309,8 @@ def test_sealing_keys_at_any_point_changes_no_outcome_and_no_state(
             keys = list(sealing.keys())
             chosen = draw.draw(st.lists(st.sampled_from(keys), unique=True)) if keys else []
             for key in chosen:  # a key sealed before takes the fills folded on it since
-                sealed += sealing.seal(key, settled_only=draw.draw(st.booleans()))
+                sealed += sealing.seal(key, settled_only=draw.draw(st.booleans()),
+                                       limit=draw.draw(st.none() | st.integers(1, 4)))
             assert state(sealing) == state(plain)
             assert commissions_close(sealing, plain)
     event(f"sealed fills: {'none' if not sealed else 'some'}; still sealed at the end: "

@@ -579,6 +579,7 @@ async def test_a_busy_position_has_its_settled_fills_sealed_and_outcomes_do_not_
 
     monkeypatch.setattr(pm_module, "SEAL_SWEEP", 0.01)
     monkeypatch.setattr(pm_module, "SEAL_BUSY", 40)
+    monkeypatch.setattr(pm_module, "SEAL_SLICE", 25)  # several slices per key and sweep
     n = 120
     first = [fill_msg("alpha", ib_fill(i, "BOT" if i % 4 else "SLD", 1.0, 100.0 + i % 5,
                                        commission=None if i % 10 == 3 else 0.5))
