@@ -1,18 +1,29 @@
-"""The ingest fast paths give the same results as the checked paths: the cached parse of
-ib_async contracts, and the orjson journal payload (with its json fallback)."""
+"""The ingest fast paths give the same results as the checked paths: the parse of ib_async
+fills, the cached parse of ib_async contracts, and the orjson journal payload (with its json
+fallback)."""
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
 
 import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
+from ib_async import CommissionReport, Contract, Execution, Fill
 
-from backend.core.messages import FillMessage, canonical, parse_message
+from backend.core.messages import (
+    FillMessage,
+    _checked_fill,
+    _fast_fill,
+    canonical,
+    parse_message,
+)
 from backend.core.portfolio_manager import _dumps
-from backend.errors import InvalidFieldError
+from backend.errors import InvalidFieldError, InvalidInputError
 
-from .ib_objects import AAPL, ES, dict_fill, fill_msg, ib_fill
+from .ib_objects import AAPL, ES, T0, dict_fill, exec_id, fill_msg, ib_fill, ib_trade
 
 NOW = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
 
@@ -58,3 +69,78 @@ def test_journal_payload_round_trips_also_beyond_64_bit_ints() -> None:
     small = canonical(parse(fill_msg("beta", ib_fill(2, "BOT", 1, 10.0))))
     assert json.loads(_dumps(small)) == small
     assert parse(json.loads(_dumps(small))) == parse(json.loads(json.dumps(small)))
+
+
+_TEXT = st.sampled_from(["", "DU1", "alpha", "x" * 101, "a\nb"])
+_ANY = st.sampled_from([None, 5, True, 5.0, "5"])
+_NUMBER = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-3, 3),
+                    st.sampled_from([1e300, 1.7976931348623157e308, Decimal("2.5"), None, "1"]))
+_TIMES = st.sampled_from([T0, T0.replace(tzinfo=None), T0.astimezone(timezone(timedelta(hours=1))),
+                          datetime(1970, 1, 1, tzinfo=UTC), T0.isoformat(), None])
+
+
+@st.composite
+def ib_messages(draw: st.DrawFn) -> dict[str, object]:
+    """ib_async fill messages: each field mostly as ib_async decodes it, sometimes wrong or
+    right in another type (so that many messages pass and each wrong field is tried alone)."""
+    def pick(usual: st.SearchStrategy[object], other: st.SearchStrategy[object]) -> object:
+        return draw(other) if draw(st.integers(0, 9)) == 0 else draw(usual)
+
+    execution = Execution(
+        execId=pick(st.sampled_from([exec_id(1), exec_id(2, 3)]),
+                    st.sampled_from(["", "x.", ".01", "plain", 5])),
+        acctNumber=pick(st.just("DU1"), st.one_of(_TEXT, _ANY)),
+        side=pick(st.sampled_from(["BOT", "SLD"]), st.sampled_from(["BUY", "bot", "X", 1])),
+        shares=pick(st.floats(0.001, 1e6), _NUMBER), price=pick(st.floats(0.01, 1e6), _NUMBER),
+        time=pick(st.just(T0), _TIMES), orderRef=pick(_TEXT, _ANY),
+        orderId=pick(st.integers(0, 2**40), _ANY), permId=pick(st.integers(0, 2**40), _ANY),
+        exchange=pick(st.sampled_from(["", "NYSE"]), st.just(3)))
+    report = pick(st.one_of(st.none(), st.just(CommissionReport()), st.builds(
+        CommissionReport, execId=st.just(exec_id(1)),
+        commission=st.floats(0, 100) | st.just(float("nan")), currency=st.just("USD"),
+        realizedPNL=st.floats(-1e6, 1e6) | st.just(1.7976931348623157e308))),
+        st.builds(CommissionReport, execId=st.sampled_from([exec_id(1), "", "bad.", 4]),
+                  commission=_NUMBER, currency=st.sampled_from(["USD", "", 3]),
+                  realizedPNL=_NUMBER))
+    fill = Fill(Contract(**AAPL), execution, report, T0)
+    trade = draw(st.one_of(st.none(), st.builds(
+        lambda ref: ib_trade(7, "BUY", 1.0, order_ref=ref), _TEXT)))
+    if trade is not None and draw(st.integers(0, 9)) == 0:
+        trade.order.orderRef = draw(_ANY)
+    msg: dict[str, object] = {"type": "fill", "fill": fill, "trade": trade}
+    strategy = pick(st.one_of(st.none(), _TEXT), _ANY)
+    if strategy is not None or draw(st.booleans()):
+        msg["strategy"] = strategy
+    return msg
+
+
+@settings(max_examples=1500, deadline=None)
+@given(ib_messages())
+def test_fast_fill_parse_accepts_only_what_the_checked_parse_accepts_and_equals_it(
+        msg: dict[str, object]) -> None:
+    """The fast path reads ib_async objects with one attrgetter and exact type checks; for
+    anything else it steps aside (None) and the checked path reads the message, raising
+    naming the field. It never accepts what the checked path refuses, and what it accepts
+    equals the checked result, journal payload included."""
+    parse(fill_msg("alpha", ib_fill(1, "BOT", 1.0, 10.0)))  # ib_async types are known
+    fast = _fast_fill(msg)
+    try:
+        checked = _checked_fill(msg)
+    except InvalidInputError:
+        assert fast is None
+        return
+    if fast is not None:
+        assert fast.fill == checked.fill
+        assert _dumps(canonical(fast)) == _dumps(canonical(checked))
+    event(f"fast path taken: {fast is not None}")
+
+
+def test_fast_fill_parse_takes_real_ib_async_fills() -> None:
+    """What ib_async itself decodes (floats, aware UTC times, the empty report) takes the fast
+    path; the manager's bench messages are of that kind."""
+    for report in (None, 1.25):
+        msg = fill_msg("alpha", ib_fill(1, "BOT", 3.0, 10.5, commission=report), ib_trade(
+            1, "BUY", 3.0, order_ref="ref"))
+        parse(msg)
+        fast = _fast_fill(msg)
+        assert fast is not None and fast == _checked_fill(msg)
