@@ -367,23 +367,20 @@ class Ledger:
         revisions = [f.revision for f in chosen]
         self._register(key, exec_ids, bases, revisions)
         loads: list[Loader] = [_Pack(packed, tuple(instruments))]
+        ids: Sequence[str] = exec_ids
+        all_bases: Sequence[str] = bases
+        all_revisions: Sequence[int] = revisions
         old = self._sealed.get(key)
         if old is not None:
             # One pack more; what was sealed before is neither copied nor read (a busy key is
             # sealed at every sweep of a long session: copying would be quadratic).
             loads[:0] = old.load.parts if isinstance(old.load, _Loads) else [old.load]
-            self._sealed[key] = RestoredKey(
-                position=self._positions[key], last_sort=self._last_sort[key],
-                last_price=self._last_price[key], exec_ids=_Chain.of(old.exec_ids, exec_ids),
-                bases=_Chain.of(old.bases, bases),
-                revisions=_Chain.of(old.revisions, revisions),
-                commissions=dict(self._comm.get(key, {})),
-                pending=self._pending.get(key, 0), load=_Loads(loads))
-            return len(chosen)
+            ids, all_bases = _Chain.of(old.exec_ids, exec_ids), _Chain.of(old.bases, bases)
+            all_revisions = _Chain.of(old.revisions, revisions)
         self._sealed[key] = RestoredKey(
             position=self._positions[key], last_sort=self._last_sort[key],
-            last_price=self._last_price[key], exec_ids=exec_ids, bases=bases,
-            revisions=revisions, commissions=dict(self._comm.get(key, {})),
+            last_price=self._last_price[key], exec_ids=ids, bases=all_bases,
+            revisions=all_revisions, commissions=dict(self._comm.get(key, {})),
             pending=self._pending.get(key, 0), load=_Loads(loads))
         return len(chosen)
 

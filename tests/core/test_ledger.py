@@ -313,6 +313,18 @@ def test_sealing_again_packs_the_fills_folded_since_and_settled_only_keeps_unrep
         assert ledger.commission_for(f.exec_id) == plain.commission_for(f.exec_id)
 
 
+def test_the_executions_of_a_key_sealed_in_several_packs_read_as_one_sequence() -> None:
+    from backend.core.ledger import _Chain
+
+    chain = _Chain.of(_Chain.of(["a", "b"], []), ["c"])
+    assert len(chain.parts) == 3  # flat: a chain of a chain is not nested
+    assert (len(chain), list(chain), chain[0], chain[2], chain[-1]) == (3, ["a", "b", "c"],
+                                                                       "a", "c", "c")
+    assert chain[1:] == ["b", "c"]
+    with pytest.raises(IndexError):
+        chain[3]
+
+
 def test_sealing_a_position_takes_its_fills_out_of_the_gc_scan() -> None:
     import gc
 
