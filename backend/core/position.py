@@ -60,55 +60,66 @@ def empty_position(fill: Fill) -> Position:
     return Position(key=fill.key, instrument=fill.instrument)
 
 
-def apply_fill(position: Position, fill: Fill) -> Position:
-    """Return the position after ``fill``. Pure: ``position`` is not changed."""
-    multiplier = position.instrument.multiplier
-    signed = fill.signed_qty
-    price = fill.price
-    qty = position.qty
+# What a fill changes: (qty, avg_cost, realized_pnl, open_price_min, open_price_max).
+_State = tuple[float, float, float, float, float]
+_EMPTY: _State = (0.0, NAN, 0.0, NAN, NAN)
 
-    def step(qty: float, avg: float, realized: float, lo: float, hi: float) -> Position:
-        # The latest description of the contract wins (a later fill may carry a fuller one).
-        return Position(key=position.key, instrument=fill.instrument, qty=qty, avg_cost=avg,
-                        realized_pnl=realized, fill_count=position.fill_count + 1,
-                        last_exec_id=fill.exec_id, open_price_min=lo, open_price_max=hi)
 
+def _step(state: _State, signed: float, price: float, multiplier: float) -> _State:
+    """The numbers of a position after a fill of ``signed`` quantity at ``price``."""
+    qty, avg, realized, lo, hi = state
     if is_flat(qty):
         # Opening from flat: the average starts at the fill price.
-        return step(signed, price, position.realized_pnl, price, price)
+        return (signed, price, realized, price, price)
 
     if (qty > 0) == (signed > 0):
         # Increasing: weighted average of old average and new price.
         new_qty = qty + signed
-        avg = (position.avg_cost * abs(qty) + price * abs(signed)) / abs(new_qty)
+        blended = (avg * abs(qty) + price * abs(signed)) / abs(new_qty)
         # Float rounding can push the blended average a hair outside [min, max]; clamp it
         # back: the exact average of prices inside the range is inside the range.
-        lo = min(position.open_price_min, price)
-        hi = max(position.open_price_max, price)
-        return step(new_qty, min(max(avg, lo), hi), position.realized_pnl, lo, hi)
+        lo, hi = min(lo, price), max(hi, price)
+        return (new_qty, min(max(blended, lo), hi), realized, lo, hi)
 
     # Reducing, closing or flipping: book PnL on the closed quantity at the old average.
     direction = 1.0 if qty > 0 else -1.0
     closed = min(abs(signed), abs(qty))
-    realized = position.realized_pnl + (price - position.avg_cost) * closed * multiplier * direction
+    realized = realized + (price - avg) * closed * multiplier * direction
     new_qty = qty + signed
     if is_flat(new_qty):
         # Closed exactly: flat resets the average.
-        return step(0.0, NAN, realized, NAN, NAN)
+        return (0.0, NAN, realized, NAN, NAN)
     if (new_qty > 0) == (qty > 0):
         # Partial reduction: the average does not move.
-        return step(new_qty, position.avg_cost, realized,
-                    position.open_price_min, position.open_price_max)
+        return (new_qty, avg, realized, lo, hi)
     # Flip: the remainder opens the other side at the fill price.
-    return step(new_qty, price, realized, price, price)
+    return (new_qty, price, realized, price, price)
+
+
+def apply_fill(position: Position, fill: Fill) -> Position:
+    """Return the position after ``fill``. Pure: ``position`` is not changed."""
+    qty, avg, realized, lo, hi = _step(
+        (position.qty, position.avg_cost, position.realized_pnl, position.open_price_min,
+         position.open_price_max), fill.signed_qty, fill.price, position.instrument.multiplier)
+    # The latest description of the contract wins (a later fill may carry a fuller one).
+    return Position(key=position.key, instrument=fill.instrument, qty=qty, avg_cost=avg,
+                    realized_pnl=realized, fill_count=position.fill_count + 1,
+                    last_exec_id=fill.exec_id, open_price_min=lo, open_price_max=hi)
 
 
 def fold(fills: list[Fill]) -> Position:
-    """Fold ``fills`` (all of one key) in canonical order from an empty position."""
+    """Fold ``fills`` (all of one key) in canonical order from an empty position: the same
+    steps as :func:`apply_fill` one fill at a time, without a ``Position`` per step."""
     if not fills:
         raise ValueError("fold needs at least one fill")
     ordered = sorted(fills, key=Fill.sort_key)
-    position = empty_position(ordered[0])
+    state = _EMPTY
+    instrument = ordered[0].instrument
     for fill in ordered:
-        position = apply_fill(position, fill)
-    return position
+        # apply_fill uses the multiplier of the contract as described before this fill
+        state = _step(state, fill.signed_qty, fill.price, instrument.multiplier)
+        instrument = fill.instrument
+    qty, avg, realized, lo, hi = state
+    return Position(key=ordered[0].key, instrument=instrument, qty=qty, avg_cost=avg,
+                    realized_pnl=realized, fill_count=len(ordered),
+                    last_exec_id=ordered[-1].exec_id, open_price_min=lo, open_price_max=hi)

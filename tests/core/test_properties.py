@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from backend.core.ledger import Ledger, RestoredKey
 from backend.core.model import CommissionReport, Fill, PositionKey, Side
-from backend.core.position import fold
+from backend.core.position import apply_fill, empty_position, fold
 from backend.errors import ConflictingFillError
 
 from .factories import FUTURE, OPTION, STOCK, T0
@@ -117,6 +117,23 @@ def test_replay_equals_an_independent_fold_of_the_live_fills(
     expected = ({key: fold(key_fills) for key, key_fills in by_key.items()}, marks)
     assert state(run(events)) == expected
     assert state(run(events)) == expected
+
+
+@PROPERTY
+@given(fill_sets())
+def test_fold_equals_applying_each_fill_in_canonical_order(
+    data: tuple[list[Fill], list[CommissionReport]],
+) -> None:
+    """``fold`` (no Position per step) and ``apply_fill`` one fill at a time agree exactly."""
+    by_key: dict[PositionKey, list[Fill]] = defaultdict(list)
+    for f in live_of(data[0]):
+        by_key[f.key].append(f)
+    for key_fills in by_key.values():
+        ordered = sorted(key_fills, key=Fill.sort_key)
+        position = empty_position(ordered[0])
+        for f in ordered:
+            position = apply_fill(position, f)
+        assert fold(key_fills) == position
 
 
 @PROPERTY
