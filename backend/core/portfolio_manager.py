@@ -452,8 +452,8 @@ class PortfolioManager:
 
     async def _read_sealed(self, keys: list[PositionKey]) -> None:
         """Read ``keys``' fills in a worker thread before the event that needs them is folded,
-        so the event loop only installs them (50,000 fills: 0.56-0.63 s read off the loop,
-        25-40 ms installed on it; Dec 2, ``bench/ingest.py --unseal``). Nothing is folded
+        so the event loop only installs them (50,000 fills: 0.48-0.63 s read off the loop,
+        25-46 ms installed on it; Dec 2, ``bench/ingest.py --unseal``). Nothing is folded
         meanwhile; the fold unseals whatever this did not."""
         ledger = self._books.ledger
         for key in keys:
