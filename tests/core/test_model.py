@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
@@ -63,8 +64,9 @@ def test_fill_derives_base_and_revision() -> None:
 )
 def test_fill_validation_names_field_and_value(field: str, value: object, needle: str) -> None:
     good = fill(1, "BUY", 1, 1)
+    changes: dict[str, Any] = {field: value}
     with pytest.raises(InvalidFieldError) as err:
-        dataclasses.replace(good, **{field: value})
+        dataclasses.replace(good, **changes)
     assert err.value.field == field
     assert needle in str(err.value)
     assert isinstance(err.value, InvalidInputError) and isinstance(err.value, LedgerError)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import defaultdict
 from datetime import timedelta
@@ -200,7 +201,8 @@ def test_average_stays_within_prices_that_opened_the_current_side(
         by_key[f.key].append(f)
     for key, key_fills in by_key.items():
         # Independent walk: which fills opened the side the position is on now?
-        qty, opened = 0.0, []
+        qty: float = 0.0
+        opened: list[float] = []  # prices
         for f in sorted(key_fills, key=Fill.sort_key):
             new = qty + f.signed_qty
             if abs(new) < 1e-9:
@@ -236,7 +238,7 @@ def snapshot(ledger: Ledger) -> dict[PositionKey, RestoredKey]:
             exec_ids=[f.exec_id for f in fills], bases=[f.exec_id_base for f in fills],
             revisions=[f.revision for f in fills],
             commissions=ledger.commission_counts(key), pending=totals.pending,
-            load=lambda pairs=pairs: list(pairs))
+            load=functools.partial(list, pairs))
     return out
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from hypothesis import event, given, settings
@@ -83,7 +84,7 @@ _TIMES = st.sampled_from([T0, T0.replace(tzinfo=None), T0.astimezone(timezone(ti
 def ib_messages(draw: st.DrawFn) -> dict[str, object]:
     """ib_async fill messages: each field mostly as ib_async decodes it, sometimes wrong or
     right in another type (so that many messages pass and each wrong field is tried alone)."""
-    def pick(usual: st.SearchStrategy[object], other: st.SearchStrategy[object]) -> object:
+    def pick(usual: st.SearchStrategy[Any], other: st.SearchStrategy[Any]) -> Any:
         return draw(other) if draw(st.integers(0, 9)) == 0 else draw(usual)
 
     execution = Execution(
@@ -106,7 +107,8 @@ def ib_messages(draw: st.DrawFn) -> dict[str, object]:
     trade = draw(st.one_of(st.none(), st.builds(
         lambda ref: ib_trade(7, "BUY", 1.0, order_ref=ref), _TEXT)))
     if trade is not None and draw(st.integers(0, 9)) == 0:
-        trade.order.orderRef = draw(_ANY)
+        order: Any = trade.order  # a wrong type on purpose
+        order.orderRef = draw(_ANY)
     msg: dict[str, object] = {"type": "fill", "fill": fill, "trade": trade}
     strategy = pick(st.one_of(st.none(), _TEXT), _ANY)
     if strategy is not None or draw(st.booleans()):

@@ -75,7 +75,7 @@ async def test_disagreeing_row_is_refolded_from_fills_and_rewritten(
     store = open_store(uri)
     try:
         frame = store.read(POSITIONS, "alpha")
-        frame.loc[0, "qty"] += 1.0
+        frame.loc[frame.index[0], "qty"] += 1.0
         meta = store.read_metadata(POSITIONS, "alpha")
         store.commit([SymbolWrite(POSITIONS, "alpha", state=frame, metadata=meta)])
     finally:
@@ -137,7 +137,7 @@ async def test_positions_of_an_older_schema_are_refolded_and_rewritten(
     with caplog.at_level(logging.WARNING, logger="backend.portfolio_manager"):
         async with PortfolioManager(uri) as pm:
             keys = list(pm.ledger.keys())
-            open_keys = [k for k in keys if not pm.ledger.position(k).is_flat]
+            open_keys = [k for k in keys if not pm.ledger.position(k).is_flat]  # type: ignore[union-attr]
             assert open_keys
             # flat keys agree with their rows (no range to keep); open ones are refolded
             assert pm.ledger.restored_keys == len(keys) - len(open_keys)
@@ -185,8 +185,9 @@ def adversarial_stream(n: int, seed: int) -> tuple[list[dict[str, Any]], list[st
             emit("duplicate", *rng.choice(sent))
         elif r < 0.65:
             strategy, fill, _ = rng.choice(live)
-            report = {"execId": fill["execution"]["execId"], "commission": rng.choice((1.5, 2.0)),
-                      "currency": rng.choice(("USD", "EUR")), "realizedPNL": 0.0}
+            report: dict[str, Any] | None = {
+                "execId": fill["execution"]["execId"], "commission": rng.choice((1.5, 2.0)),
+                "currency": rng.choice(("USD", "EUR")), "realizedPNL": 0.0}
             emit("commission", strategy, {**fill, "commissionReport": report})
         elif r < 0.85:
             item = rng.choice(live)

@@ -254,7 +254,7 @@ def test_many_symbols_in_one_commit(store: Store) -> None:
 
 def test_naive_times_need_a_declared_zone(store_kind: str, tmp_path: Path) -> None:
     naive = fills([("2026-01-01 09:30", "a", 1.0)])
-    naive.index = naive.index.tz_localize(None)
+    naive.index = pd.DatetimeIndex(naive.index).tz_localize(None)
     plain = open_store(store_uri(store_kind, tmp_path))
     try:
         with pytest.raises(InvalidFieldError, match="time"):

@@ -67,7 +67,7 @@ def test_normalize_rows_leaves_its_input_alone_and_refuses_naive_without_zone() 
     out = normalize_rows(frame, naive_tz="America/New_York")
     assert list(out["v"]) == ["a", "b"]
     assert out.index[1] == pd.Timestamp("2026-01-01 14:30", tz="UTC")
-    assert frame.index.tz is None  # a new frame: the caller's frame is unchanged
+    assert pd.DatetimeIndex(frame.index).tz is None  # a new frame: the caller's frame is unchanged
     assert list(frame["v"]) == ["b", "a"]
     with pytest.raises(InvalidFieldError, match="naive"):
         normalize_rows(frame)

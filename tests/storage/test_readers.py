@@ -54,7 +54,7 @@ def retries(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """One entry per retry of a read: the reader calls ``refresh_version_cache`` right before
     it retries a read whose version was pruned under it (and nowhere else)."""
     calls: list[int] = []
-    original = arctic.refresh_version_cache
+    original = arctic.refresh_version_cache  # type: ignore[attr-defined]  # patched below
 
     def counting() -> None:
         calls.append(1)

@@ -84,7 +84,7 @@ class StoreVsModel(RuleBasedStateMachine):
     def _fills_frame(self, batch: list[tuple[int, str, int]]) -> pd.DataFrame:
         frame = fills([("2026-01-01", key, float(price)) for _, key, price in batch])
         frame.index = pd.DatetimeIndex(pd.to_datetime([t for t, _, _ in batch], utc=True))
-        return frame  # type: ignore[no-any-return]
+        return frame
 
     @rule(batch=fill_rows)
     def commit_fills(self, batch: list[tuple[int, str, int]]) -> None:
