@@ -315,9 +315,16 @@ def parse_message(msg: Any, *, received_at: datetime, default_account: str = "")
 MAX_NAME = 100
 
 
+_NAMES: set[str] = set()  # names _name accepted (accounts and strategies are few)
+
+
 def _name(value: str, field: str) -> str:
+    if value in _NAMES:
+        return value
     if len(value) > MAX_NAME or not value.isprintable():
         raise InvalidFieldError(field, value, f"must be printable and at most {MAX_NAME} chars")
+    if len(_NAMES) < 10_000:  # a bound, not a policy
+        _NAMES.add(value)
     return value
 
 
@@ -338,18 +345,18 @@ _read_execution = operator.attrgetter("execId", "acctNumber", "side", "shares", 
                                       "orderRef", "orderId", "permId", "exchange")
 _read_report = operator.attrgetter("execId", "commission", "currency", "realizedPNL")
 _SIDES = {"BOT": Side.BUY, "BUY": Side.BUY, "SLD": Side.SELL, "SELL": Side.SELL}
-_NAMES: set[str] = set()  # account and strategy names _name accepted
 
 
 def _known_name(value: object) -> bool:
+    """A non-empty str that :func:`_name` accepts (the same rule, no exception raised)."""
     if type(value) is not str or not value:
         return False
     if value in _NAMES:
         return True
-    if len(value) > MAX_NAME or not value.isprintable():
+    try:
+        _name(value, "")
+    except InvalidFieldError:
         return False
-    if len(_NAMES) < 10_000:  # a bound, not a policy: accounts and strategies are few
-        _NAMES.add(value)
     return True
 
 
