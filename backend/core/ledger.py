@@ -191,15 +191,12 @@ class Ledger:
         self._set_mark(key.con_id, restored.last_price, restored.last_sort)
         self._comm[key] = dict(restored.commissions)
         self._pending[key] = restored.pending
-        self._seal_as(key, restored)
-
-    def _seal_as(self, key: PositionKey, restored: RestoredKey) -> None:
-        """Register a restored ``key``'s executions as known but unread."""
-        self._sealed[key] = restored
+        self._sealed[key] = restored  # its executions known, their fills unread
         self._register(key, restored.exec_ids, restored.bases, restored.revisions)
 
     def _register(self, key: PositionKey, exec_ids: Sequence[str], bases: Sequence[str],
                   revisions: Sequence[int]) -> None:
+        """Know these executions of ``key`` while their fills are unread (restore, seal)."""
         # C-level loops: a restart restores up to millions of executions this way.
         idents = list(zip(repeat(key.account), bases, strict=False))
         self._sealed_live.update(dict.fromkeys(idents, key))
