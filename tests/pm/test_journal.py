@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -61,3 +62,65 @@ def test_bad_settings_and_paths_raise_journal_error(tmp_path: Path) -> None:
     (tmp_path / "dir.sqlite").mkdir()
     with pytest.raises(JournalError, match=r"dir\.sqlite"):
         Journal(tmp_path / "dir.sqlite")
+
+
+def test_a_chunk_trimmed_in_part_replays_only_its_rest(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    with Journal(path) as journal:
+        journal.append(["a", "b", "c"])
+        journal.append(["d", "e"])
+        journal.trim(2)  # inside the first chunk: its row stays, "a" and "b" are gone
+        assert [(s, p) for s, _, p in journal.entries()] == [(3, "c"), (4, "d"), (5, "e")]
+        assert [s for s, _, _ in journal.entries(after=4)] == [5]
+        assert journal.pending() == 3
+        journal.trim(4)  # the first chunk goes; "e" of the second stays
+        assert journal.pending() == 1
+    assert read_entries(path) == [(5, "e")]
+    with Journal(path) as journal:  # the durable mark survives a reopen
+        assert [(s, p) for s, _, p in journal.entries()] == [(5, "e")]
+
+
+def test_payloads_holding_newlines_or_nothing_come_back_whole(tmp_path: Path) -> None:
+    payloads = ["line one\nline two", "", "\n", "plain", '{"x": "\\n"}']
+    with Journal(tmp_path / "j.sqlite") as journal:
+        journal.append(payloads)
+        journal.append(["", ""])  # empty texts alone: still two entries
+        assert [p for _, _, p in journal.entries()] == [*payloads, "", ""]
+        assert journal.pending() == 7
+
+
+def test_entries_of_a_journal_written_row_per_message_are_still_replayed(
+        tmp_path: Path) -> None:
+    """Journals written before chunks hold one row per message in ``entries``: they are
+    read, trimmed and counted like chunks, and new entries come after them."""
+    path = tmp_path / "j.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE entries (seq INTEGER PRIMARY KEY, received_at REAL NOT NULL,
+                              payload TEXT NOT NULL);
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+        INSERT INTO entries VALUES (7, 1.0, 'old7'), (8, 1.0, 'old8');
+        INSERT INTO meta VALUES ('last_seq', 8), ('durable_seq', 6);
+    """)
+    db.commit()
+    db.close()
+    with Journal(path) as journal:
+        assert journal.last_seq == 8
+        assert journal.append(["new9"]) == 9
+        assert [(s, p) for s, _, p in journal.entries()] == [(7, "old7"), (8, "old8"),
+                                                             (9, "new9")]
+        journal.trim(7)
+        assert journal.pending() == 2
+    assert read_entries(path) == [(8, "old8"), (9, "new9")]
+
+
+def test_a_chunk_of_an_unknown_encoding_is_an_error_not_a_guess(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    with Journal(path) as journal:
+        journal.append(["a"])
+    db = sqlite3.connect(path)
+    db.execute("UPDATE chunks SET encoding = 9")
+    db.commit()
+    db.close()
+    with Journal(path) as journal, pytest.raises(JournalError, match="encoding=9"):
+        list(journal.entries())
