@@ -67,6 +67,7 @@ from backend.core.model import PositionKey
 from backend.errors import InvalidInputError, JournalError, PersistError
 from backend.pm.persist import commit_batch
 from backend.pm.recovery import recover_books
+from backend.pm.restore import RestoreStats
 from backend.pm.rows import PORTFOLIO_COLUMNS, frame_rows, state_frame
 from backend.pm.state import Batch, Books, Dirty
 from backend.pm.support import RunLog, default_journal_path, open_writer
@@ -209,6 +210,8 @@ class PortfolioManager:
         self._entered = False
         self._fatal: BaseException | None = None
         self.recovery_seconds = 0.0
+        # how the last start rebuilt the positions: restored from their rows or refolded
+        self.recovery_stats = RestoreStats()
         # name -> (count, total s, max s) of the ingest/persist steps (for the benchmark)
         self.stats: dict[str, tuple[int, float, float]] = {}
         self.replayed = 0
@@ -724,8 +727,9 @@ class PortfolioManager:
     def _recover(self) -> int:
         assert self._store is not None
         assert self._journal is not None
-        replayed = recover_books(self._store, self._journal, self._books, self._dirty,
-                                 fold=self._replay_fold, log=self.log)
+        replayed, self.recovery_stats = recover_books(
+            self._store, self._journal, self._books, self._dirty, fold=self._replay_fold,
+            log=self.log)
         return replayed
 
     def _replay_fold(self, seq: int, payload: str, received: float) -> None:

@@ -22,6 +22,7 @@ IB's ``averageCost`` is price x multiplier: the IB adapter divides at the bounda
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from backend.core.model import NAN, Fill, Instrument, PositionKey, is_flat
@@ -105,6 +106,21 @@ def apply_fill(position: Position, fill: Fill) -> Position:
     return Position(key=position.key, instrument=fill.instrument, qty=qty, avg_cost=avg,
                     realized_pnl=realized, fill_count=position.fill_count + 1,
                     last_exec_id=fill.exec_id, open_price_min=lo, open_price_max=hi)
+
+
+def fold_numbers(signed: Sequence[float], prices: Sequence[float],
+                 multipliers: Sequence[float]) -> _State:
+    """(qty, avg_cost, realized_pnl, open_price_min, open_price_max) after fills given as
+    parallel columns in canonical order: what :func:`fold` computes, without ``Fill``
+    objects (a restart refolds stored fills from their columns this way). Like
+    :func:`apply_fill`, each fill is booked with the multiplier of the contract as described
+    before it (the first with its own)."""
+    state = _EMPTY
+    before = multipliers[0] if len(multipliers) else 1.0
+    for qty, price, multiplier in zip(signed, prices, multipliers, strict=True):
+        state = _step(state, qty, price, before)
+        before = multiplier
+    return state
 
 
 def fold(fills: list[Fill]) -> Position:

@@ -27,7 +27,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from backend.pm.restore import restore_fills
+from backend.pm.restore import RestoreStats, restore_fills
 from backend.pm.rows import frame_rows
 from backend.pm.state import Books, Dirty
 from backend.storage.api import Store
@@ -67,8 +67,10 @@ def load_rejects(store: Store, after: int) -> tuple[int, set[int]]:
 
 
 def recover_books(store: Store, journal: Journal, books: Books, dirty: Dirty, *, fold: Fold,
-                  log: logging.LoggerAdapter) -> int:  # type: ignore[type-arg]
-    """Rebuild ``books`` and replay the journal; returns how many entries were replayed."""
+                  log: logging.LoggerAdapter  # type: ignore[type-arg]
+                  ) -> tuple[int, RestoreStats]:
+    """Rebuild ``books`` and replay the journal; returns how many entries were replayed and
+    how the positions were rebuilt."""
     top, restored = restore_fills(store, books, log)
     top = max(top, load_orders(store, books))
     rejects_top, stored_rejects = load_rejects(store, journal.durable_seq)
@@ -105,5 +107,5 @@ def recover_books(store: Store, journal: Journal, books: Books, dirty: Dirty, *,
     log.info("recovered %d fills (%d positions restored from their rows, %d refolded from "
              "fills), %d order events; replayed %d journal entries", len(books.ledger),
              restored.restored, restored.refolded, len(books.orders_seen), replayed)
-    return replayed
+    return replayed, restored
 

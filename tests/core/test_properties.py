@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from backend.core.ledger import Ledger, RestoredKey
 from backend.core.model import CommissionReport, Fill, PositionKey, Side
-from backend.core.position import apply_fill, empty_position, fold
+from backend.core.position import apply_fill, empty_position, fold, fold_numbers
 from backend.errors import ConflictingFillError
 
 from .factories import FUTURE, OPTION, STOCK, T0
@@ -135,6 +135,12 @@ def test_fold_equals_applying_each_fill_in_canonical_order(
         for f in ordered:
             position = apply_fill(position, f)
         assert fold(key_fills) == position
+        # the columnar fold a restart uses on stored fills: the same numbers, bit for bit
+        numbers = fold_numbers([f.signed_qty for f in ordered], [f.price for f in ordered],
+                               [f.instrument.multiplier for f in ordered])
+        expected = (position.qty, position.avg_cost, position.realized_pnl,
+                    position.open_price_min, position.open_price_max)
+        assert [repr(x) for x in numbers] == [repr(x) for x in expected]
 
 
 @PROPERTY

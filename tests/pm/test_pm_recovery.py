@@ -17,7 +17,7 @@ import pytest
 
 from backend.core.portfolio_manager import PortfolioManager
 from backend.storage import SymbolWrite, open_store
-from backend.storage.schema import PORTFOLIO, POSITIONS, SCHEMAS
+from backend.storage.schema import FILLS, PORTFOLIO, POSITIONS, SCHEMAS
 
 from .ib_objects import AAPL, ACCOUNT, ES, MSFT, T0, dict_fill, fill_msg, ib_fill, read
 from .stream import assert_same, make_stream, snapshot
@@ -84,7 +84,9 @@ async def test_disagreeing_row_is_refolded_from_fills_and_rewritten(
     with caplog.at_level(logging.WARNING, logger="backend.portfolio_manager"):
         async with PortfolioManager(uri) as pm:
             keys = len(list(pm.ledger.keys()))
-            assert pm.ledger.restored_keys == keys - 1
+            assert (pm.recovery_stats.restored, pm.recovery_stats.refolded) == (keys - 1, 1)
+            # refolded from the stored columns, the key rests unread like the restored ones
+            assert pm.ledger.restored_keys == keys
             await pm.flush()  # the refolded strategy is rewritten without any new message
     assert any("positions/alpha disagrees with fills" in r.getMessage() and "qty=" in
                r.getMessage() for r in caplog.records)
@@ -140,7 +142,8 @@ async def test_positions_of_an_older_schema_are_refolded_and_rewritten(
             open_keys = [k for k in keys if not pm.ledger.position(k).is_flat]  # type: ignore[union-attr]
             assert open_keys
             # flat keys agree with their rows (no range to keep); open ones are refolded
-            assert pm.ledger.restored_keys == len(keys) - len(open_keys)
+            assert pm.recovery_stats.restored == len(keys) - len(open_keys)
+            assert pm.recovery_stats.refolded == len(open_keys)
             for msg in STREAM:
                 await pm.process_message(msg)
             await pm.flush()
@@ -272,3 +275,39 @@ async def test_restart_in_an_adversarial_stream_equals_a_run_that_never_stopped(
         assert ledger_state(pm) == expected
     assert_same(snapshot(uri), snapshot(ref))
 
+
+
+@pytest.mark.asyncio
+async def test_an_execution_stored_twice_is_refolded_fill_by_fill(tmp_path: Path) -> None:
+    """A ``fills`` library holding an execution twice (its original beside its correction,
+    as a hand-edited library or a foreign writer could leave it): the columnar refold would
+    count both, so that key goes through the ledger's correction rule fill by fill, and the
+    positions equal a run that saw the original, then the correction."""
+    import arcticdb as adb
+
+    uri, ref = f"lmdb://{tmp_path / 'a'}", f"lmdb://{tmp_path / 'ref'}"
+    first = [fill_msg("alpha", ib_fill(1, "BOT", 10, 100.0, contract=AAPL)),
+             fill_msg("alpha", ib_fill(2, "BOT", 5, 300.0, contract=MSFT))]
+    fix = fill_msg("alpha", ib_fill(1, "BOT", 12, 101.0, contract=AAPL, revision=2))
+    await ingest(uri, first)
+    await ingest(ref, [*first, fix])
+    # uri's fills get the correction's row appended beside the original's
+    lib = adb.Arctic(uri)[FILLS]
+    with warnings.catch_warnings():  # arcticdb 6.28's own pandas internals (not ours)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        stored, corrected = lib.read(ACCOUNT).data, adb.Arctic(ref)[FILLS].read(ACCOUNT).data
+    row = corrected[corrected["exec_id"] == fix["fill"].execution.execId]
+    lib.write(ACCOUNT, pd.concat([stored, row]).sort_index(kind="stable"),
+              metadata=lib.read_metadata(ACCOUNT).metadata)
+    del lib
+    async with PortfolioManager(uri) as pm:
+        assert (pm.recovery_stats.restored, pm.recovery_stats.refolded) == (1, 1)
+        # MSFT rests restored; AAPL's two rows were applied, the correction replacing
+        assert pm.ledger.restored_keys == 1
+        aapl = pm.position(ACCOUNT, "alpha", AAPL["conId"])
+        assert (aapl.qty, aapl.avg_cost, aapl.fill_count) == (12.0, 101.0, 1)
+        await pm.flush()
+    for library, symbol in ((POSITIONS, "alpha"), (PORTFOLIO, ACCOUNT)):
+        pd.testing.assert_frame_equal(
+            snapshot(uri)[(library, symbol)], snapshot(ref)[(library, symbol)],
+            check_exact=False, rtol=1e-9)
