@@ -70,10 +70,18 @@ def _decode(encoding: int, text: str) -> list[str]:
     raise JournalError(f"journal chunk encoding={encoding!r}: unknown (a newer writer?)")
 
 
+def _has_chunks(db: sqlite3.Connection) -> bool:
+    """False for a journal file no chunk-writing version opened yet (read-only tools)."""
+    return db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='chunks'"
+                      ).fetchone() is not None
+
+
 def _chunk_entries(db: sqlite3.Connection, after: int) -> Iterator[tuple[int, float, str]]:
     """(seq, received_at, payload) past ``after`` in order: legacy rows, then chunks."""
     yield from db.execute(
         "SELECT seq, received_at, payload FROM entries WHERE seq > ? ORDER BY seq", (after,))
+    if not _has_chunks(db):
+        return
     for first, at, encoding, text in db.execute(
             "SELECT first_seq, received_at, encoding, payloads FROM chunks WHERE last_seq > ? "
             "ORDER BY first_seq", (after,)).fetchall():
@@ -204,7 +212,8 @@ class Journal:
 
 def _max_seq(db: sqlite3.Connection) -> int:
     top = db.execute("SELECT MAX(seq) FROM entries").fetchone()[0]
-    last = db.execute("SELECT MAX(last_seq) FROM chunks").fetchone()[0]
+    last = (db.execute("SELECT MAX(last_seq) FROM chunks").fetchone()[0]
+            if _has_chunks(db) else None)
     return max(int(top or 0), int(last or 0))
 
 
