@@ -249,13 +249,16 @@ def ledger_state(pm: PortfolioManager) -> dict[str, Any]:
 ADVERSARIAL, KINDS = adversarial_stream(160, seed=11)
 
 
+@pytest.mark.parametrize("rows", ["kept", "dropped"])
 @pytest.mark.parametrize("cut", [40, 90, 130])
 @pytest.mark.asyncio
 async def test_restart_in_an_adversarial_stream_equals_a_run_that_never_stopped(
-        tmp_path: Path, cut: int) -> None:
+        tmp_path: Path, cut: int, rows: str) -> None:
     """Restart at a cut, then the whole stream again (re-deliveries, stale revisions,
     corrections of restored executions into other books and instruments, late reports in
     another currency, equal times): libraries AND in-memory state equal an uninterrupted run's.
+    With the positions rows dropped before the restart, every key is refolded over the stored
+    columns instead of restored from its row, and rests unread the same way.
     """
     after = KINDS[cut:]
     assert {"correction:strategy", "correction:instrument", "correction:time",
@@ -267,8 +270,18 @@ async def test_restart_in_an_adversarial_stream_equals_a_run_that_never_stopped(
         await pm.flush()
         expected = ledger_state(pm)
     await ingest(uri, ADVERSARIAL[:cut])
+    if rows == "dropped":
+        import arcticdb as adb
+
+        lib = adb.Arctic(uri)[POSITIONS]
+        for strategy in lib.list_symbols():
+            lib.delete(strategy)
+        del lib  # one Library object per root at a time (the manager opens its own)
     async with PortfolioManager(uri) as pm:
-        assert pm.ledger.restored_keys == len(list(pm.ledger.keys())) > 0
+        keys = len(list(pm.ledger.keys()))
+        assert pm.ledger.restored_keys == keys > 0
+        stats = pm.recovery_stats
+        assert (stats.restored, stats.refolded) == ((keys, 0) if rows == "kept" else (0, keys))
         for msg in ADVERSARIAL:
             await pm.process_message(msg)
         await pm.flush()
