@@ -82,9 +82,11 @@ def _chunk_entries(db: sqlite3.Connection, after: int) -> Iterator[tuple[int, fl
         "SELECT seq, received_at, payload FROM entries WHERE seq > ? ORDER BY seq", (after,))
     if not _has_chunks(db):
         return
+    # One chunk in memory at a time: a journal that grew through a long storage outage is
+    # replayed as a stream.
     for first, at, encoding, text in db.execute(
             "SELECT first_seq, received_at, encoding, payloads FROM chunks WHERE last_seq > ? "
-            "ORDER BY first_seq", (after,)).fetchall():
+            "ORDER BY first_seq", (after,)):
         for i, payload in enumerate(_decode(encoding, text)):
             if first + i > after:
                 yield first + i, at, payload
