@@ -25,9 +25,11 @@ fills: once with no positions rows (every key refolded from its fills, as after 
 disagreement), once from the positions rows the first run wrote. ``--latency-stored N`` only
 runs the fixed-load phase (``--seconds``), on a root that holds N fills, after a restart.
 ``--unseal N`` only measures the event-loop lag when a restored key of N fills is first
-needed after a restart (a re-delivered duplicate), against reading it on the loop.
+needed after a restart (a changed commission report), against reading it on the loop.
 ``--gc-session N`` only measures a full garbage collection after N fills through one manager,
-with ``seal_after`` off and on.
+with ``seal_after`` off and on. ``--redeliver N`` only measures a restart followed by the
+re-delivery of its N stored fills (what a reconnect does), against the same with the restored
+prints ignored.
 """
 
 from __future__ import annotations
@@ -295,6 +297,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             return await unseal_only(work, args.unseal)
         if args.gc_session:
             return await gc_session(work, args.gc_session)
+        if args.redeliver:
+            return await redeliver_only(work, args.redeliver)
         messages = make_messages(0, args.fills)
         load = make_messages(args.fills, int(args.seconds * 1000))
         uri = f"lmdb://{work / 'micro'}"  # the first run's root: recovery reopens it below
@@ -389,13 +393,19 @@ async def latency_on_stored(work: Path, count: int, seconds: float) -> dict[str,
 
 
 async def unseal_only(work: Path, count: int) -> dict[str, Any]:
-    """A key of ``count`` fills restored (unread) after a restart, then a re-delivered
-    duplicate of one of them: the manager reads the key in a worker thread and installs it
+    """A key of ``count`` fills restored (unread) after a restart, then a changed commission
+    report for one of them (a plain re-delivered copy is recognised without reading, see
+    ``Ledger.repeats_sealed``): the manager reads the key in a worker thread and installs it
     on the event loop; the baseline is the ledger reading it on the loop (as before Dec 2)."""
     uri = f"lmdb://{work / 'unseal'}?map_size=8GB"
     store_fills(uri, count, one_key=True)
     await recovery(uri)  # the first open refolds and writes the positions rows
-    duplicate = make_messages(count // 2, 1, one_key=True)[0]
+    copy = make_messages(count // 2, 1, one_key=True)[0]
+
+    def changed_report(commission: float) -> dict[str, Any]:
+        fill = copy["fill"]
+        return {**copy, "fill": fill._replace(commissionReport=CommissionReport(
+            execId=fill.execution.execId, commission=commission, currency="USD"))}
     from backend.core.portfolio_manager import SEAL_SLICE, SEAL_SWEEP
 
     lags: list[float] = []
@@ -407,7 +417,7 @@ async def unseal_only(work: Path, count: int) -> dict[str, Any]:
             lag.start()
             with GcPauses() as collections:
                 await asyncio.sleep(0.01)
-                await pm.process_message(duplicate)
+                await pm.process_message(changed_report(2.5 + round_no))
                 await pm.flush()
                 await lag.stop()
             assert pm.ledger.restored_keys == 0 and "unseal_read" in pm.stats
@@ -426,7 +436,7 @@ async def unseal_only(work: Path, count: int) -> dict[str, Any]:
         started = time.perf_counter()
         pm.ledger.fills_of(key)
         on_loop_s = time.perf_counter() - started
-    print(f"a restored key of {count:,} fills read for a duplicate: max loop lag "
+    print(f"a restored key of {count:,} fills read for a changed report: max loop lag "
           f"{lags[-1] * 1000:.0f} ms (read {read_s * 1000:.0f} ms in a worker thread, "
           f"installed in {install_s * 1000:.0f} ms on the loop); read on the loop it stalls "
           f"{on_loop_s * 1000:.0f} ms ({on_loop_s / lags[-1]:.1f}x the lag); longest garbage "
@@ -439,6 +449,48 @@ async def unseal_only(work: Path, count: int) -> dict[str, Any]:
             "vs_on_loop": round(on_loop_s / lags[-1], 2),
             "gc_max_ms": round(max_pause(collections.pauses), 1), "resealed": resealed,
             "reseal_lag_ms": round(reseal_lag * 1000, 1)}
+
+
+async def redeliver_only(work: Path, count: int) -> dict[str, Any]:
+    """``count`` fills stored (400 keys), then a restart and the re-delivery of every one of
+    them, as a reconnect of ib_async re-sends the day's executions: the time from the first
+    copy to durable and the largest event-loop lag, with the restored prints
+    (``Ledger.repeats_sealed``) against the same run with them ignored (every key read)."""
+    from backend.core.ledger import Ledger
+
+    uri = f"lmdb://{work / 'redeliver'}?map_size=8GB"
+    store_fills(uri, count)
+    await recovery(uri)  # the first open refolds and writes the positions rows
+    copies = make_messages(0, count)
+    gc.collect()
+    runs: dict[str, tuple[float, float, int]] = {}
+    original = Ledger.repeats_sealed
+    for mode in ("prints", "ignored", "prints"):  # a warm-up pass first
+        if mode == "ignored":
+            Ledger.repeats_sealed = lambda self, fill, report: False  # type: ignore[method-assign]
+        try:
+            async with PortfolioManager(uri) as pm:
+                keys = pm.ledger.restored_keys
+                lag = LoopLag()
+                lag.start()
+                started = time.perf_counter()
+                for msg in copies:
+                    await pm.process_message(msg)
+                await pm.flush()
+                elapsed = time.perf_counter() - started
+                await lag.stop()
+                runs[mode] = (elapsed, lag.max, keys - pm.ledger.restored_keys)
+        finally:
+            Ledger.repeats_sealed = original  # type: ignore[method-assign]
+    (fast_s, fast_lag, fast_read), (slow_s, slow_lag, slow_read) = runs["prints"], runs["ignored"]
+    print(f"re-delivery of {count:,} stored fills after a restart: {fast_s:.2f} s, max loop "
+          f"lag {fast_lag * 1000:.0f} ms, {fast_read} of {keys} keys read; with the prints "
+          f"ignored: {slow_s:.2f} s, lag {slow_lag * 1000:.0f} ms, {slow_read} keys read "
+          f"({slow_s / fast_s:.1f}x the time)", file=sys.stderr)
+    return {"redeliver_fills": count, "redeliver_s": round(fast_s, 3),
+            "loop_lag_ms": round(fast_lag * 1000, 1), "keys_read": fast_read,
+            "ignored_s": round(slow_s, 3), "ignored_lag_ms": round(slow_lag * 1000, 1),
+            "ignored_keys_read": slow_read, "vs_ignored": round(slow_s / fast_s, 2)}
 
 
 async def gc_session(work: Path, count: int) -> dict[str, Any]:
@@ -518,6 +570,8 @@ if __name__ == "__main__":
                         help="only the fixed-load phase, on a root holding this many fills")
     parser.add_argument("--unseal", type=int, default=0,
                         help="only the loop lag of reading a restored key of this many fills")
+    parser.add_argument("--redeliver", type=int, default=0,
+                        help="only a restart and the re-delivery of this many stored fills")
     parser.add_argument("--gc-session", type=int, default=0,
                         help="only the full-collection time after this many fills, sealing "
                              "off and on")

@@ -26,7 +26,10 @@ Rules (each one is tested, several as Hypothesis properties):
   in canonical order fold onto the restored state. Anything that needs the fills themselves
   (a duplicate to compare, a correction, an out-of-order fill, a commission report for one of
   them, a query for them) first loads them and refolds the key from its fills: the restored
-  state is a cache of the fold, never a second truth.
+  state is a cache of the fold, never a second truth. A plain copy of one of its executions
+  (what a reconnect re-sends) needs none of that: :meth:`Ledger.repeats_sealed` recognises it
+  from a hash of its facts and report, so the manager drops it without reading anything
+  (a property checks every copy so recognised is a no-op for a ledger that never sealed).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from itertools import chain, islice, repeat
 from typing import Any, TypeVar, overload
@@ -119,6 +122,11 @@ class RestoredKey:
     commissions: dict[str, tuple[float, int]]
     pending: int
     load: Loader
+    # Optional: returns each execution's facts_print() (parallel to exec_ids) and the
+    # report_print() of those stored with a report, computed the first time a copy of one of
+    # them arrives. With them a re-delivered copy is recognised without reading the fills
+    # (:meth:`Ledger.repeats_sealed`).
+    prints: Callable[[], tuple[Sequence[int], dict[str, int]]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +185,11 @@ class Ledger:
         self._sealed_live: dict[tuple[str, str], PositionKey] = {}
         self._sealed_rev: dict[tuple[str, str], int] = {}
         self._sealed_exec: dict[str, PositionKey] = {}
+        # exec_id -> facts_print / report_print of sealed executions whose prints are known
+        # (ints: untracked by the garbage collector)
+        self._sealed_facts: dict[str, int] = {}
+        self._sealed_report: dict[str, int] = {}
+        self._unprinted: dict[PositionKey, RestoredKey] = {}  # prints not computed yet
 
     # -------------------------------------------------------------- restore
     def restore(self, key: PositionKey, restored: RestoredKey) -> None:
@@ -193,6 +206,8 @@ class Ledger:
         self._pending[key] = restored.pending
         self._sealed[key] = restored  # its executions known, their fills unread
         self._register(key, restored.exec_ids, restored.bases, restored.revisions)
+        if restored.prints is not None:
+            self._unprinted[key] = restored
 
     def _register(self, key: PositionKey, exec_ids: Sequence[str], bases: Sequence[str],
                   revisions: Sequence[int]) -> None:
@@ -268,8 +283,12 @@ class Ledger:
         for ident in idents:
             sealed_live.pop(ident, None)
             sealed_rev.pop(ident, None)
+        sealed_facts, sealed_report = self._sealed_facts, self._sealed_report
+        self._unprinted.pop(key, None)
         for exec_id in restored.exec_ids:
             sealed_exec.pop(exec_id, None)
+            sealed_facts.pop(exec_id, None)
+            sealed_report.pop(exec_id, None)
         self._live.update(zip(idents, work.fills, strict=True))
         fills.update(zip(work.bases, work.fills, strict=True))
         self._exec_key.update(dict.fromkeys(exec_ids, key))
@@ -281,6 +300,57 @@ class Ledger:
         self._last_sort[key] = work.last.sort_key()
         self._last_price[key] = work.last.price
         return True
+
+    def repeats_sealed(self, fill: Fill | None, report: CommissionReport | None) -> bool:
+        """True when folding ``fill`` and then ``report`` (for the same execution; either may
+        be None) would change nothing and both concern a sealed execution: a stale revision
+        (dropped with whatever report it carries, as the manager folds a message), or a copy
+        with the same facts, with no report, an unknown one that erases nothing, or the same
+        report. Known from the executions' prints, without reading the key's fills
+        (a reconnect or a restart re-delivers the day's executions). False whenever in doubt
+        (no prints, another execution's report, anything that is not a no-op): the normal
+        path then reads the key. A print is a 64-bit hash: two different executions with one
+        exec_id whose prints collide (odds ~2**-64) would go unreported as a conflict."""
+        if not self._sealed_exec:
+            return False
+        if fill is not None:
+            ident = (fill.account, fill.exec_id_base)
+            revision = self._sealed_rev.get(ident)
+            if revision is None:
+                return False
+            if fill.revision < revision:
+                return True  # stale: dropped before its report is looked at
+            exec_id = fill.exec_id
+            if self._unprinted:
+                self._print(self._sealed_live[ident])
+            if ((report is not None and report.exec_id != exec_id)
+                    or self._sealed_facts.get(exec_id) != facts_print(fill)):
+                return False
+        elif report is None or report.exec_id not in self._sealed_exec:
+            return False
+        else:
+            exec_id = report.exec_id
+            if self._unprinted:
+                self._print(self._sealed_exec[exec_id])
+        if exec_id in self._commissions:
+            return False  # a report held beside the sealed one: the normal path decides
+        if report is None:
+            return True
+        stored = self._sealed_report.get(exec_id)
+        if report.known:
+            return stored == report_print(report)  # DUPLICATE; else NEW or CHANGED
+        # An unknown report erases no known one and adds nothing to none (IGNORED); against an
+        # unknown stored one it is a DUPLICATE only when equal (else it would replace it).
+        return stored is None or (stored & 1) == 1 or stored == report_print(report)
+
+    def _print(self, key: PositionKey) -> None:
+        """Register the prints of a restored key, once (~0.5 us per execution)."""
+        restored = self._unprinted.pop(key, None)
+        if restored is None or restored.prints is None:
+            return
+        facts, reports = restored.prints()
+        self._sealed_facts.update(zip(restored.exec_ids, facts, strict=True))
+        self._sealed_report.update(reports)
 
     def sealed_keys(self, fill: Fill | None, report: CommissionReport | None
                     ) -> list[tuple[PositionKey, int]]:
@@ -329,10 +399,10 @@ class Ledger:
         Why: a long session holds every live fill, and each full collection of the process
         scans every ``Fill`` (200,000 of them took 257-390 ms, Dec 2; sealed, 64 ms, most of
         it the interpreter's own objects). The state of the key (position, commissions,
-        marks) stays as it is; anything that needs the fills (a duplicate to compare, a
-        correction, an out-of-order fill, a commission report for one of them, a query)
-        unseals the key first and refolds it from them, exactly as for a restored key, so
-        sealing never changes an outcome (property-tested)."""
+        marks) stays as it is; anything that needs the fills (a duplicate that is not a plain
+        copy, see :meth:`repeats_sealed`; a correction, an out-of-order fill, a commission
+        report for one of them, a query) unseals the key first and refolds it from them,
+        exactly as for a restored key, so sealing never changes an outcome (property-tested)."""
         fills = self._by_key.get(key)
         if not fills:
             return 0
@@ -363,6 +433,9 @@ class Ledger:
         bases = [f.exec_id_base for f in chosen]
         revisions = [f.revision for f in chosen]
         self._register(key, exec_ids, bases, revisions)
+        self._sealed_facts.update(zip(exec_ids, map(facts_print, chosen), strict=True))
+        self._sealed_report.update((row[0], row_report_print(*row[-1]))
+                                   for row in packed if row[-1] is not None)
         loads: list[Loader] = [_Pack(packed, tuple(instruments))]
         ids: Sequence[str] = exec_ids
         all_bases: Sequence[str] = bases
@@ -671,6 +744,38 @@ def _unpack(row: tuple[Any, ...], instruments: tuple[Instrument, ...]
     fill = Fill(exec_id, account, strategy, instruments[inst], Side(side), qty, price, at,
                 order_id, perm_id, order_ref, exchange)
     return fill, (None if report is None else CommissionReport(exec_id, *report))
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def facts_print(fill: Fill) -> int:
+    """A hash of :meth:`Fill.facts` (equal facts, equal prints), from the values a stored
+    ``fills`` row holds too (:func:`row_facts_print`)."""
+    return row_facts_print(fill.exec_id, fill.account, fill.instrument.con_id, fill.side.value,
+                           fill.qty, fill.price, (fill.time - _EPOCH) // _MICROSECOND)
+
+
+def row_facts_print(exec_id: str, account: str, con_id: int, side: str, qty: float,
+                    price: float, micros: int) -> int:
+    """:func:`facts_print` of a stored row: ``side`` "BUY"/"SELL", the execution time in
+    microseconds since the epoch (UTC)."""
+    return hash((exec_id, account, con_id, side, qty, price, micros))
+
+
+def report_print(report: CommissionReport) -> int:
+    """A hash of a report as :func:`_same_report` compares them (NaN equals NaN); its lowest
+    bit says whether the commission is known."""
+    return row_report_print(report.commission, report.currency, report.realized_pnl)
+
+
+def row_report_print(commission: float, currency: str, realized_pnl: float) -> int:
+    """:func:`report_print` of a stored row's report columns."""
+    known = not math.isnan(commission)
+    value = hash((commission if known else None, currency,
+                  None if math.isnan(realized_pnl) else realized_pnl))
+    return (value << 1) | known
 
 
 def _same_report(a: CommissionReport, b: CommissionReport) -> bool:

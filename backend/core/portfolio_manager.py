@@ -455,6 +455,8 @@ class PortfolioManager:
         least UNSEAL_IN_THREAD unread fills that folding ``event`` would unseal."""
         if not isinstance(event, FillMessage):
             return []
+        if self._books.ledger.repeats_sealed(event.fill, event.commission):
+            return []  # the fold drops it without reading anything
         return [key for key, unread in self._books.ledger.sealed_keys(event.fill,
                                                                        event.commission)
                 if unread >= UNSEAL_IN_THREAD]

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from backend.core.ledger import RestoredKey
+from backend.core.ledger import RestoredKey, row_facts_print, row_report_print
 from backend.core.model import CommissionReport, Fill, PositionKey, is_flat
 from backend.core.position import Position, fold_numbers
 from backend.errors import SchemaMismatchError
@@ -149,6 +149,27 @@ def restore_account(frame: pd.DataFrame, account: str, books: Books,
     # original): the keys holding them are refolded fill by fill, through the ledger's
     # dedupe and correction rules.
     repeated = frame["exec_id_base"].duplicated(keep=False).to_numpy()
+    # The executions' prints (a re-delivered copy is then recognised without reading the
+    # key, Ledger.repeats_sealed), computed for a key when its first copy arrives.
+    micros = when.astype("datetime64[us]").astype(np.int64)
+    pnl = frame["broker_realized_pnl"].to_numpy(dtype=float)
+    reported = ~(np.isnan(commission) & np.isnan(pnl))
+    con_ids, sides, qtys = (frame["con_id"].to_numpy(), frame["side"].to_numpy(dtype=object),
+                            frame["qty"].to_numpy(dtype=float))
+
+    def prints(idx: Any) -> Callable[[], tuple[list[int], dict[str, int]]]:
+        def compute() -> tuple[list[int], dict[str, int]]:
+            facts = [row_facts_print(e, account, c, side, q, p, us) for e, c, side, q, p, us
+                     in zip(exec_ids[idx].tolist(), con_ids[idx].tolist(),
+                            sides[idx].tolist(), qtys[idx].tolist(), prices[idx].tolist(),
+                            micros[idx].tolist(), strict=True)]
+            mine = idx[reported[idx]]
+            reports = {e: row_report_print(c, ccy, r) for e, c, ccy, r in zip(
+                exec_ids[mine].tolist(), commission[mine].tolist(), ccys[mine].tolist(),
+                pnl[mine].tolist(), strict=True)}
+            return facts, reports
+        return compute
+
     groups: dict[Any, Any] = frame.groupby(["strategy", "con_id"], sort=False).indices
     for group, positions in groups.items():
         strategy, con_id = group
@@ -202,7 +223,7 @@ def restore_account(frame: pd.DataFrame, account: str, books: Books,
             last_price=float(prices[last]), exec_ids=exec_ids[idx].tolist(),
             bases=bases[idx].tolist(), revisions=revisions[idx].tolist(),
             commissions=by_ccy, pending=int((~known).sum()),
-            load=_loader(frame, idx, account)))
+            load=_loader(frame, idx, account), prints=prints(idx)))
         books.index_existing(key)
     return top
 

@@ -116,6 +116,9 @@ class Books:
 
     def fold_fill(self, msg: FillMessage, seq: int, at: datetime, dirty: Dirty) -> str | None:
         """Apply one parsed fill; returns a reject reason for a conflicting re-send, or None."""
+        ledger = self.ledger
+        if ledger.restored_keys and ledger.repeats_sealed(msg.fill, msg.commission):
+            return None  # a re-delivered copy of a sealed execution: no change, nothing read
         try:
             result = self.ledger.apply_fill(msg.fill)
         except ConflictingFillError as exc:

@@ -8,8 +8,16 @@ from datetime import timedelta
 
 import pytest
 
-from backend.core.ledger import CommissionOutcome, FillOutcome, Ledger
-from backend.core.model import CommissionReport, PositionKey
+from backend.core.ledger import (
+    CommissionOutcome,
+    FillOutcome,
+    Ledger,
+    RestoredKey,
+    facts_print,
+    report_print,
+)
+from backend.core.model import NAN, CommissionReport, PositionKey
+from backend.core.position import fold
 from backend.errors import ConflictingFillError
 
 from .factories import STOCK, fill
@@ -347,3 +355,77 @@ def test_sealing_a_position_takes_its_fills_out_of_the_gc_scan() -> None:
     assert len(ledger.fills_of(key)) == 1000  # unsealed on demand, as they were
     assert ledger.restored_keys == 0
     assert (ledger.position(key), ledger.commissions(key)) == before_state
+
+
+def test_a_copy_of_a_sealed_execution_is_recognised_without_reading_its_key() -> None:
+    """``repeats_sealed`` says True only where folding would change nothing, from the prints
+    registered when the key was sealed; every doubt goes to the normal path (which reads)."""
+    ledger = Ledger()
+    orig = fill(1, "BUY", 10.0, 100.0)
+    fix = fill(1, "BUY", 12.0, 101.0, revision=2)
+    plain = fill(2, "SELL", 3.0, 102.0)
+    odd = fill(3, "BUY", 1.0, 103.0)
+    for f in (orig, fix, plain, odd):
+        ledger.apply_fill(f)
+    known = CommissionReport(fix.exec_id, 1.25, "USD")
+    pnl_only = CommissionReport(odd.exec_id, NAN, "USD", 7.5)  # a report, commission unknown
+    ledger.apply_commission(known)
+    ledger.apply_commission(pnl_only)
+    assert ledger.seal(fix.key) == 3
+    repeats = ledger.repeats_sealed
+    assert repeats(fix, None) and repeats(fix, known) and repeats(plain, None)
+    assert repeats(orig, known)  # a stale revision: dropped with whatever report it carries
+    assert not repeats(fix, CommissionReport(plain.exec_id, 1.0, "USD"))  # another's report
+    assert repeats(fix, CommissionReport(fix.exec_id))  # unknown: erases nothing
+    assert repeats(None, known) and repeats(plain, CommissionReport(plain.exec_id))
+    assert not repeats(fix, CommissionReport(fix.exec_id, 1.5, "USD"))  # CHANGED
+    assert not repeats(plain, CommissionReport(plain.exec_id, 0.0, "USD"))  # NEW
+    # an unknown report is never stored (IGNORED), so a copy carrying one changes nothing
+    assert repeats(odd, pnl_only) and repeats(odd, CommissionReport(odd.exec_id, NAN, "", 8.0))
+    moved = dataclasses.replace(plain, price=102.5)  # same exec_id, other facts: a conflict
+    assert not repeats(moved, None)
+    # same base and revision, another spelling of the exec_id: not a copy
+    respelled = dataclasses.replace(fix, exec_id=fix.exec_id.rsplit(".", 1)[0] + ".2")
+    assert respelled.revision == fix.revision and not repeats(respelled, None)
+    # attribution and description are not facts: another path's copy is still a copy
+    assert repeats(dataclasses.replace(plain, strategy="beta", order_ref="x"), None)
+    assert not repeats(fill(4, "BUY", 1.0, 100.0), None)  # a new execution
+    assert ledger.restored_keys == 1  # none of this read the key
+    with pytest.raises(ConflictingFillError):  # the normal path reads it and names both
+        ledger.apply_fill(moved)
+
+
+def test_a_restored_key_without_prints_is_read_for_every_copy() -> None:
+    f = fill(1, "BUY", 10.0, 100.0)
+    ledger = Ledger()
+    ledger.restore(f.key, RestoredKey(
+        position=fold([f]), last_sort=f.sort_key(), last_price=f.price, exec_ids=[f.exec_id],
+        bases=[f.exec_id_base], revisions=[f.revision], commissions={}, pending=1,
+        load=lambda: [(f, None)]))
+    assert not ledger.repeats_sealed(f, None)  # no prints: the normal path decides
+    assert ledger.apply_fill(f).outcome is FillOutcome.DUPLICATE
+    assert ledger.restored_keys == 0
+
+
+def test_a_stored_report_of_unknown_commission_is_only_repeated_by_an_equal_one() -> None:
+    """A stored row may hold a report whose commission is unknown (broker PnL only); read
+    back, a different unknown report replaces it (CHANGED), so only an equal one is a copy."""
+    f = fill(1, "BUY", 10.0, 100.0)
+    stored = CommissionReport(f.exec_id, NAN, "USD", 7.5)
+    other = CommissionReport(f.exec_id, NAN, "USD", 8.0)
+
+    def restored() -> Ledger:
+        ledger = Ledger()
+        ledger.restore(f.key, RestoredKey(
+            position=fold([f]), last_sort=f.sort_key(), last_price=f.price,
+            exec_ids=[f.exec_id], bases=[f.exec_id_base], revisions=[f.revision],
+            commissions={}, pending=1, load=lambda: [(f, stored)],
+            prints=lambda: ([facts_print(f)], {f.exec_id: report_print(stored)})))
+        return ledger
+
+    assert restored().repeats_sealed(f, CommissionReport(f.exec_id, NAN, "USD", 7.5))
+    ledger = restored()
+    assert not ledger.repeats_sealed(f, other)
+    assert ledger.apply_commission(other) is CommissionOutcome.CHANGED  # the normal path
+    ledger = restored()
+    assert ledger.repeats_sealed(f, CommissionReport(f.exec_id, 2.0, "USD", 7.5)) is False

@@ -10,7 +10,14 @@ from datetime import timedelta
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from backend.core.ledger import Ledger, RestoredKey
+from backend.core.ledger import (
+    CommissionOutcome,
+    FillOutcome,
+    Ledger,
+    RestoredKey,
+    facts_print,
+    report_print,
+)
 from backend.core.model import CommissionReport, Fill, PositionKey, Side
 from backend.core.position import apply_fill, empty_position, fold, fold_numbers
 from backend.errors import ConflictingFillError
@@ -244,7 +251,9 @@ def snapshot(ledger: Ledger) -> dict[PositionKey, RestoredKey]:
             exec_ids=[f.exec_id for f in fills], bases=[f.exec_id_base for f in fills],
             revisions=[f.revision for f in fills],
             commissions=ledger.commission_counts(key), pending=totals.pending,
-            load=functools.partial(list, pairs))
+            load=functools.partial(list, pairs),
+            prints=functools.partial(lambda p: ([facts_print(f) for f, _ in p], {
+                f.exec_id: report_print(r) for f, r in p if r is not None}), pairs))
     return out
 
 
@@ -271,8 +280,12 @@ def test_restored_keys_then_more_events_equal_one_uninterrupted_run(
     restored = Ledger()
     for key, item in snapshot(first).items():
         restored.restore(key, item)
+    skipped = 0
     for e in after:
         fill, report = (e, None) if isinstance(e, Fill) else (None, e)
+        if restored.repeats_sealed(fill, report):
+            skipped += 1  # as the manager does: a copy recognised from the prints is dropped
+            continue
         predicted = {key for key, _ in restored.sealed_keys(fill, report)}
         before_keys = set(restored._sealed)
         if isinstance(e, Fill):
@@ -280,6 +293,7 @@ def test_restored_keys_then_more_events_equal_one_uninterrupted_run(
         else:
             restored.apply_commission(e)
         assert before_keys - set(restored._sealed) <= predicted  # what the manager reads ahead
+    event(f"copies dropped without reading: {'some' if skipped else 'none'}")
     assert state(restored) == state(uninterrupted)
     assert commissions_close(restored, uninterrupted)
     assert len(restored) == len(uninterrupted)
@@ -317,7 +331,7 @@ def test_sealing_keys_at_any_point_changes_no_outcome_and_no_state(
     seal_after = set(draw.draw(st.lists(st.integers(0, len(events) - 1), max_size=6)))
     ahead = set(draw.draw(st.lists(st.integers(0, len(events) - 1), max_size=len(events))))
     plain, sealing = Ledger(), Ledger()
-    sealed = 0
+    sealed = repeats = 0
     for i, ev in enumerate(events):
         fill, report = (ev, None) if isinstance(ev, Fill) else (None, ev)
         predicted = {key for key, _ in sealing.sealed_keys(fill, report)}
@@ -327,7 +341,17 @@ def test_sealing_keys_at_any_point_changes_no_outcome_and_no_state(
                 assert work is not None and sealing.install(work)
                 assert not sealing.install(work)  # the key moved on: a no-op
         before = set(sealing._sealed)
-        assert apply(sealing, ev) == apply(plain, ev)
+        # a copy recognised from the prints must be a no-op for a ledger that never sealed
+        repeat = sealing.repeats_sealed(fill, report)
+        plain_before = (state(plain), plain.commission_for(ev.exec_id), len(plain))
+        outcome = apply(plain, ev)
+        if repeat:
+            repeats += 1
+            assert outcome in (CommissionOutcome.DUPLICATE, CommissionOutcome.IGNORED) or (
+                isinstance(outcome, tuple)
+                and outcome[0] in (FillOutcome.DUPLICATE, FillOutcome.STALE))
+            assert (state(plain), plain.commission_for(ev.exec_id), len(plain)) == plain_before
+        assert apply(sealing, ev) == outcome
         # sealed_keys names every key the event unseals (the manager relies on it)
         assert before - set(sealing._sealed) <= predicted
         if i in seal_after:
@@ -339,7 +363,7 @@ def test_sealing_keys_at_any_point_changes_no_outcome_and_no_state(
             assert state(sealing) == state(plain)
             assert commissions_close(sealing, plain)
     event(f"sealed fills: {'none' if not sealed else 'some'}; still sealed at the end: "
-          f"{sealing.restored_keys > 0}")
+          f"{sealing.restored_keys > 0}; copies recognised sealed: {repeats > 0}")
     assert state(sealing) == state(plain)
     assert commissions_close(sealing, plain)
     assert len(sealing) == len(plain)
