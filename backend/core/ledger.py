@@ -344,13 +344,39 @@ class Ledger:
         return stored is None or (stored & 1) == 1 or stored == report_print(report)
 
     def _print(self, key: PositionKey) -> None:
-        """Register the prints of a restored key, once (~0.5 us per execution)."""
-        restored = self._unprinted.pop(key, None)
+        """Register the prints of a restored key, once (~1 us per execution)."""
+        restored = self._unprinted.get(key)
         if restored is None or restored.prints is None:
             return
-        facts, reports = restored.prints()
-        self._sealed_facts.update(zip(restored.exec_ids, facts, strict=True))
-        self._sealed_report.update(reports)
+        try:
+            facts, reports = restored.prints()
+        except Exception:
+            # Prints only spare a read: without them every copy takes the normal path.
+            self._unprinted.pop(key, None)
+            return
+        if self._unprinted.pop(key, None) is restored:  # not unsealed meanwhile (a thread)
+            self._sealed_facts.update(zip(restored.exec_ids, facts, strict=True))
+            self._sealed_report.update(reports)
+
+    def unprinted_key(self, fill: Fill | None, report: CommissionReport | None
+                      ) -> tuple[PositionKey, int] | None:
+        """The restored key (and how many executions it holds) whose prints
+        :meth:`repeats_sealed` would compute first for this event, if any: the manager
+        computes a big key's in a worker thread (:meth:`compute_prints`)."""
+        if not self._unprinted:
+            return None
+        key = None
+        if fill is not None:
+            key = self._sealed_live.get((fill.account, fill.exec_id_base))
+        elif report is not None:
+            key = self._sealed_exec.get(report.exec_id)
+        restored = self._unprinted.get(key) if key is not None else None
+        return None if key is None or restored is None else (key, len(restored.exec_ids))
+
+    def compute_prints(self, key: PositionKey) -> None:
+        """Compute and register a restored key's prints now (safe in a worker thread while
+        the event loop waits: registered only if the key is still sealed and unprinted)."""
+        self._print(key)
 
     def sealed_keys(self, fill: Fill | None, report: CommissionReport | None
                     ) -> list[tuple[PositionKey, int]]:

@@ -85,6 +85,7 @@ UNSEAL_IN_THREAD = 500
 SEAL_SWEEP = 10.0  # seal_after: the longest time between two sweeps (seconds)
 SEAL_BUSY = 256  # seal_after: a position with this many live fills gets its settled ones sealed
 SEAL_SLICE = 2000  # seal_after: fills packed per turn of the event loop
+FOLD_SLICE = 0.005  # the ingest task yields to the event loop after folding this long (s)
 # Under load the journal is trimmed at most this often (seconds); once everything received is
 # durable, right away. A trim after every commit took 24-44 ms of each cycle under load (a
 # journal transaction and its fsync, competing for the GIL), and entries kept a little longer
@@ -430,16 +431,24 @@ class PortfolioManager:
             t0 = time.perf_counter()
             for i, (event, (receipt, msg, received)) in enumerate(
                     zip(events, chunk, strict=True)):
-                big = self._big_sealed(event) if self._books.ledger.restored_keys else None
-                if big:
-                    self._stat("fold", time.perf_counter() - t0)
-                    await self._read_sealed(big)
-                    t0 = time.perf_counter()
+                if self._books.ledger.restored_keys:
+                    unprinted = self._big_unprinted(event)
+                    if unprinted is not None:
+                        self._stat("fold", time.perf_counter() - t0)
+                        await self._compute_prints(unprinted)
+                        t0 = time.perf_counter()
+                    big = self._big_sealed(event)
+                    if big:
+                        self._stat("fold", time.perf_counter() - t0)
+                        await self._read_sealed(big)
+                        t0 = time.perf_counter()
                 self._fold(first + i, event, msg, received)
                 self._dirty.receipt = receipt
-                if i % 512 == 511:
+                if i % 512 == 511 or time.perf_counter() - t0 > FOLD_SLICE:
+                    # keep the loop responsive inside a big chunk (a slice can hold the
+                    # prints of many restored keys, the first time their copies arrive)
                     self._stat("fold", time.perf_counter() - t0)
-                    await asyncio.sleep(0)  # keep the loop responsive inside a big chunk
+                    await asyncio.sleep(0)
                     t0 = time.perf_counter()
             self._stat("fold", time.perf_counter() - t0)
             self._folded = chunk[-1][0]
@@ -449,6 +458,26 @@ class PortfolioManager:
             # The loop now waits for the next chunk: let this one's messages go (up to
             # max_batch producer objects, e.g. ib_async Trades, would stay referenced).
             del chunk, events, event, msg
+
+    def _big_unprinted(self, event: _Event) -> PositionKey | None:
+        """The restored key of at least UNSEAL_IN_THREAD executions whose prints folding
+        ``event`` would compute first (see :meth:`Ledger.repeats_sealed`)."""
+        if not isinstance(event, FillMessage):
+            return None
+        found = self._books.ledger.unprinted_key(event.fill, event.commission)
+        return found[0] if found is not None and found[1] >= UNSEAL_IN_THREAD else None
+
+    async def _compute_prints(self, key: PositionKey) -> None:
+        """A big restored key's prints, computed in a worker thread (50,000 executions:
+        ~50 ms) while nothing is folded; the seal sweep leaves the key alone meanwhile."""
+        t0 = time.perf_counter()
+        self._reading.add(key)
+        try:
+            await anyio.to_thread.run_sync(self._books.ledger.compute_prints, key,
+                                           limiter=self._unseal_limiter)
+        finally:
+            self._reading.discard(key)
+        self._stat("prints", time.perf_counter() - t0)
 
     def _big_sealed(self, event: _Event) -> list[PositionKey]:
         """The sealed keys (restored after a restart, or sealed by ``seal_after``) with at

@@ -429,3 +429,20 @@ def test_a_stored_report_of_unknown_commission_is_only_repeated_by_an_equal_one(
     assert ledger.apply_commission(other) is CommissionOutcome.CHANGED  # the normal path
     ledger = restored()
     assert ledger.repeats_sealed(f, CommissionReport(f.exec_id, 2.0, "USD", 7.5)) is False
+
+
+def test_prints_that_cannot_be_computed_leave_every_copy_to_the_normal_path() -> None:
+    f = fill(1, "BUY", 10.0, 100.0)
+
+    def broken() -> tuple[list[int], dict[str, int]]:
+        raise ValueError("a stored column is missing")
+
+    ledger = Ledger()
+    ledger.restore(f.key, RestoredKey(
+        position=fold([f]), last_sort=f.sort_key(), last_price=f.price, exec_ids=[f.exec_id],
+        bases=[f.exec_id_base], revisions=[f.revision], commissions={}, pending=1,
+        load=lambda: [(f, None)], prints=broken))
+    assert ledger.unprinted_key(f, None) == (f.key, 1)
+    assert not ledger.repeats_sealed(f, None)
+    assert ledger.unprinted_key(f, None) is None  # not tried again
+    assert ledger.apply_fill(f).outcome is FillOutcome.DUPLICATE  # read, compared

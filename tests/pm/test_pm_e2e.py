@@ -528,10 +528,11 @@ async def test_idle_positions_are_sealed_and_later_events_still_see_their_fills(
 @pytest.mark.asyncio
 async def test_a_big_restored_key_is_read_in_a_worker_thread_before_its_event(
         tmp_path: Path) -> None:
-    """After a restart a key's fills stay unread until an event needs them (a re-delivered
-    duplicate, a late commission, a correction). For a key of UNSEAL_IN_THREAD fills or more
-    they are read in a worker thread first (the event loop only installs them): the stored
-    libraries equal those of a manager that never restarted."""
+    """After a restart a key's fills stay unread until an event needs them (a late
+    commission, a correction; not a plain re-delivered copy). For a key of UNSEAL_IN_THREAD
+    fills or more they are read, and its prints computed, in a worker thread first (the
+    event loop only installs them): the stored libraries equal those of a manager that never
+    restarted."""
     from backend.core.portfolio_manager import UNSEAL_IN_THREAD
 
     n = UNSEAL_IN_THREAD + 100
@@ -551,7 +552,13 @@ async def test_a_big_restored_key_is_read_in_a_worker_thread_before_its_event(
         await pm.flush()
     async with PortfolioManager(restarted) as pm:
         assert pm.ledger.restored_keys == 2
-        for msg in later:
+        # the duplicate is a plain copy: recognised from alpha's prints (computed in a worker
+        # thread, alpha being big), nothing read
+        await pm.process_message(later[0])
+        await pm.flush()
+        assert pm.ledger.restored_keys == 2 and "unseal_read" not in pm.stats
+        assert pm.stats["prints"][0] == 1
+        for msg in later[1:]:
             await pm.process_message(msg)
         await pm.flush()
         assert pm.stats["unseal_read"][0] == 1  # alpha's key, once; beta's on the loop
