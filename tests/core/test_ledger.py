@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -16,7 +17,7 @@ from backend.core.ledger import (
     facts_print,
     report_print,
 )
-from backend.core.model import NAN, CommissionReport, PositionKey
+from backend.core.model import NAN, CommissionReport, Fill, PositionKey
 from backend.core.position import fold
 from backend.errors import ConflictingFillError
 
@@ -395,13 +396,20 @@ def test_a_copy_of_a_sealed_execution_is_recognised_without_reading_its_key() ->
         ledger.apply_fill(moved)
 
 
-def test_a_restored_key_without_prints_is_read_for_every_copy() -> None:
-    f = fill(1, "BUY", 10.0, 100.0)
+def restored_with_one(f: Fill, report: CommissionReport | None = None, prints: Any = None
+                      ) -> Ledger:
+    """A ledger restored with ``f``'s key holding only ``f`` (its report stored with it)."""
     ledger = Ledger()
     ledger.restore(f.key, RestoredKey(
         position=fold([f]), last_sort=f.sort_key(), last_price=f.price, exec_ids=[f.exec_id],
         bases=[f.exec_id_base], revisions=[f.revision], commissions={}, pending=1,
-        load=lambda: [(f, None)]))
+        load=lambda: [(f, report)], prints=prints))
+    return ledger
+
+
+def test_a_restored_key_without_prints_is_read_for_every_copy() -> None:
+    f = fill(1, "BUY", 10.0, 100.0)
+    ledger = restored_with_one(f)
     assert not ledger.repeats_sealed(f, None)  # no prints: the normal path decides
     assert ledger.apply_fill(f).outcome is FillOutcome.DUPLICATE
     assert ledger.restored_keys == 0
@@ -415,13 +423,8 @@ def test_a_stored_report_of_unknown_commission_is_only_repeated_by_an_equal_one(
     other = CommissionReport(f.exec_id, NAN, "USD", 8.0)
 
     def restored() -> Ledger:
-        ledger = Ledger()
-        ledger.restore(f.key, RestoredKey(
-            position=fold([f]), last_sort=f.sort_key(), last_price=f.price,
-            exec_ids=[f.exec_id], bases=[f.exec_id_base], revisions=[f.revision],
-            commissions={}, pending=1, load=lambda: [(f, stored)],
-            prints=lambda: ([facts_print(f)], {f.exec_id: report_print(stored)})))
-        return ledger
+        return restored_with_one(f, stored, prints=lambda: (
+            [facts_print(f)], {f.exec_id: report_print(stored)}))
 
     assert restored().repeats_sealed(f, CommissionReport(f.exec_id, NAN, "USD", 7.5))
     ledger = restored()
@@ -437,11 +440,7 @@ def test_prints_that_cannot_be_computed_leave_every_copy_to_the_normal_path() ->
     def broken() -> tuple[list[int], dict[str, int]]:
         raise ValueError("a stored column is missing")
 
-    ledger = Ledger()
-    ledger.restore(f.key, RestoredKey(
-        position=fold([f]), last_sort=f.sort_key(), last_price=f.price, exec_ids=[f.exec_id],
-        bases=[f.exec_id_base], revisions=[f.revision], commissions={}, pending=1,
-        load=lambda: [(f, None)], prints=broken))
+    ledger = restored_with_one(f, prints=broken)
     assert ledger.unprinted_key(f, None) == (f.key, 1)
     assert not ledger.repeats_sealed(f, None)
     assert ledger.unprinted_key(f, None) is None  # not tried again
