@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from backend.core.ledger import RestoredKey, row_report_print
+from backend.core.ledger import RestoredKey, row_facts_print, row_report_print
 from backend.core.model import CommissionReport, Fill, PositionKey, is_flat
 from backend.core.position import Position, fold_numbers
 from backend.errors import SchemaMismatchError
@@ -159,11 +159,11 @@ def restore_account(frame: pd.DataFrame, account: str, books: Books,
 
     def prints(idx: Any) -> Callable[[], tuple[list[int], dict[str, int]]]:
         def compute() -> tuple[list[int], dict[str, int]]:
-            # row_facts_print, inlined (a call per row costs as much as the hash)
-            facts = [hash((e, account, c, side, q, p, us)) for e, c, side, q, p, us
-                     in zip(exec_ids[idx].tolist(), con_ids[idx].tolist(),
-                            sides[idx].tolist(), qtys[idx].tolist(), prices[idx].tolist(),
-                            micros[idx].tolist(), strict=True)]
+            facts = [row_facts_print(e, account, c, side, q, p, us)
+                     for e, c, side, q, p, us in zip(
+                         exec_ids[idx].tolist(), con_ids[idx].tolist(), sides[idx].tolist(),
+                         qtys[idx].tolist(), prices[idx].tolist(), micros[idx].tolist(),
+                         strict=True)]
             mine = idx[reported[idx]]
             reports = {e: row_report_print(c, ccy, r) for e, c, ccy, r in zip(
                 exec_ids[mine].tolist(), commission[mine].tolist(), ccys[mine].tolist(),

@@ -120,7 +120,7 @@ class Books:
         if ledger.restored_keys and ledger.repeats_sealed(msg.fill, msg.commission):
             return None  # a re-delivered copy of a sealed execution: no change, nothing read
         try:
-            result = self.ledger.apply_fill(msg.fill)
+            result = ledger.apply_fill(msg.fill)
         except ConflictingFillError as exc:
             return str(exc)
         if result.outcome is FillOutcome.STALE:
