@@ -270,6 +270,12 @@ class PortfolioManager:
                                        "start")
                     if exc is None:
                         raise
+                else:
+                    # flush() returns once ArcticDB holds everything, which can be before the
+                    # persist task's trim (it may be waiting for the journal thread when the
+                    # tasks are cancelled): entries left would be replayed at the next start,
+                    # and a replay rewrites every positions/portfolio symbol.
+                    await self._trim_durable()
         finally:
             await self._shutdown()
 
@@ -606,15 +612,7 @@ class PortfolioManager:
                 continue
             if (self.durable >= self._received
                     or time.monotonic() - self._trimmed_at >= TRIM_INTERVAL):
-                try:
-                    t0 = time.perf_counter()
-                    await anyio.to_thread.run_sync(
-                        self._trim, min(self._facts_seq, self._state_seq),
-                        limiter=self._journal_limiter)
-                    self._stat("trim", time.perf_counter() - t0)
-                except JournalError:
-                    self.log.exception("journal trim failed (harmless: replay is idempotent)")
-                self._trimmed_at = time.monotonic()
+                await self._trim_durable()
             self._progress.set()
 
     async def _seal_loop(self, after: float) -> None:
@@ -740,6 +738,17 @@ class PortfolioManager:
         assert self._store is not None
         commit_batch(self._store, batch, run_id=self.run_id, retry=retry,
                      on_residuals=self._books.residuals.__setitem__)
+
+    async def _trim_durable(self) -> None:
+        """Trim the journal up to what ArcticDB holds: facts and derived state."""
+        try:
+            t0 = time.perf_counter()
+            await anyio.to_thread.run_sync(self._trim, min(self._facts_seq, self._state_seq),
+                                           limiter=self._journal_limiter)
+            self._stat("trim", time.perf_counter() - t0)
+        except JournalError:
+            self.log.exception("journal trim failed (harmless: replay is idempotent)")
+        self._trimmed_at = time.monotonic()
 
     def _trim(self, seq: int) -> None:
         if self._journal is not None:
