@@ -251,7 +251,10 @@ class Ledger:
                              f"for {len(restored.bases)} executions (or another account's)")
         # A report already held for one of them wins over the one kept with it.
         known = self._commissions
-        reports = [(f.exec_id, r) for f, r in loaded if r is not None and f.exec_id not in known]
+        # A report without a known commission is never held (apply_commission ignores it),
+        # so one read back from storage is not either.
+        reports = [(f.exec_id, r) for f, r in loaded
+                   if r is not None and r.known and f.exec_id not in known]
         merged = dict(reports)
         comm: dict[str, tuple[float, int]] = {}
         pending = 0
@@ -336,12 +339,9 @@ class Ledger:
             return False  # a report held beside the sealed one: the normal path decides
         if report is None:
             return True
-        stored = self._sealed_report.get(exec_id)
-        if report.known:
-            return stored == report_print(report)  # DUPLICATE; else NEW or CHANGED
-        # An unknown report erases no known one and adds nothing to none (IGNORED); against an
-        # unknown stored one it is a DUPLICATE only when equal (else it would replace it).
-        return stored is None or (stored & 1) == 1 or stored == report_print(report)
+        if not report.known:
+            return True  # an unknown report erases no known one, adds nothing to none: IGNORED
+        return self._sealed_report.get(exec_id) == report_print(report)  # else NEW or CHANGED
 
     def _print(self, key: PositionKey) -> None:
         """Register the prints of a restored key, once (~1 us per execution)."""
@@ -791,17 +791,14 @@ def row_facts_print(exec_id: str, account: str, con_id: int, side: str, qty: flo
 
 
 def report_print(report: CommissionReport) -> int:
-    """A hash of a report as :func:`_same_report` compares them (NaN equals NaN); its lowest
-    bit says whether the commission is known."""
+    """A hash of a report whose commission is known, as :func:`_same_report` compares them
+    (a NaN realized PnL equals NaN)."""
     return row_report_print(report.commission, report.currency, report.realized_pnl)
 
 
 def row_report_print(commission: float, currency: str, realized_pnl: float) -> int:
     """:func:`report_print` of a stored row's report columns."""
-    known = not math.isnan(commission)
-    value = hash((commission if known else None, currency,
-                  None if math.isnan(realized_pnl) else realized_pnl))
-    return (value << 1) | known
+    return hash((commission, currency, None if math.isnan(realized_pnl) else realized_pnl))
 
 
 def _same_report(a: CommissionReport, b: CommissionReport) -> bool:

@@ -153,7 +153,7 @@ def restore_account(frame: pd.DataFrame, account: str, books: Books,
     # key, Ledger.repeats_sealed), computed for a key when its first copy arrives.
     micros = when.astype("datetime64[us]").astype(np.int64)
     pnl = frame["broker_realized_pnl"].to_numpy(dtype=float)
-    reported = ~(np.isnan(commission) & np.isnan(pnl))
+    reported = ~np.isnan(commission)  # a report is held only with a known commission
     con_ids, sides, qtys = (frame["con_id"].to_numpy(), frame["side"].to_numpy(dtype=object),
                             frame["qty"].to_numpy(dtype=float))
 

@@ -15,7 +15,6 @@ from backend.core.ledger import (
     Ledger,
     RestoredKey,
     facts_print,
-    report_print,
 )
 from backend.core.model import NAN, CommissionReport, Fill, PositionKey
 from backend.core.position import fold
@@ -381,7 +380,7 @@ def test_a_copy_of_a_sealed_execution_is_recognised_without_reading_its_key() ->
     assert repeats(None, known) and repeats(plain, CommissionReport(plain.exec_id))
     assert not repeats(fix, CommissionReport(fix.exec_id, 1.5, "USD"))  # CHANGED
     assert not repeats(plain, CommissionReport(plain.exec_id, 0.0, "USD"))  # NEW
-    # an unknown report is never stored (IGNORED), so a copy carrying one changes nothing
+    # an unknown report is never held (IGNORED), so a copy carrying one changes nothing
     assert repeats(odd, pnl_only) and repeats(odd, CommissionReport(odd.exec_id, NAN, "", 8.0))
     moved = dataclasses.replace(plain, price=102.5)  # same exec_id, other facts: a conflict
     assert not repeats(moved, None)
@@ -415,23 +414,27 @@ def test_a_restored_key_without_prints_is_read_for_every_copy() -> None:
     assert ledger.restored_keys == 0
 
 
-def test_a_stored_report_of_unknown_commission_is_only_repeated_by_an_equal_one() -> None:
-    """A stored row may hold a report whose commission is unknown (broker PnL only); read
-    back, a different unknown report replaces it (CHANGED), so only an equal one is a copy."""
+def test_a_stored_report_of_unknown_commission_is_not_held_once_read_back() -> None:
+    """A stored row may hold a report whose commission is unknown (broker PnL only, from
+    another writer). A live ledger never holds such a report (apply_commission ignores it),
+    so one read back is not held either, and any unknown report is then a copy."""
     f = fill(1, "BUY", 10.0, 100.0)
     stored = CommissionReport(f.exec_id, NAN, "USD", 7.5)
     other = CommissionReport(f.exec_id, NAN, "USD", 8.0)
+    live = Ledger()
+    live.apply_fill(f)
+    assert live.apply_commission(stored) is CommissionOutcome.IGNORED
+    assert live.commission_for(f.exec_id) is None
 
     def restored() -> Ledger:
-        return restored_with_one(f, stored, prints=lambda: (
-            [facts_print(f)], {f.exec_id: report_print(stored)}))
+        return restored_with_one(f, stored, prints=lambda: ([facts_print(f)], {}))
 
-    assert restored().repeats_sealed(f, CommissionReport(f.exec_id, NAN, "USD", 7.5))
     ledger = restored()
-    assert not ledger.repeats_sealed(f, other)
-    assert ledger.apply_commission(other) is CommissionOutcome.CHANGED  # the normal path
-    ledger = restored()
-    assert ledger.repeats_sealed(f, CommissionReport(f.exec_id, 2.0, "USD", 7.5)) is False
+    assert ledger.repeats_sealed(f, other) and ledger.repeats_sealed(f, stored)
+    assert not ledger.repeats_sealed(f, CommissionReport(f.exec_id, 2.0, "USD", 7.5))
+    assert ledger.apply_commission(other) is CommissionOutcome.IGNORED  # the normal path
+    assert ledger.restored_keys == 0 and ledger.commission_for(f.exec_id) is None
+    assert ledger.commissions(f.key) == live.commissions(f.key)
 
 
 def test_prints_that_cannot_be_computed_leave_every_copy_to_the_normal_path() -> None:
