@@ -452,7 +452,7 @@ async def unseal_only(work: Path, count: int) -> dict[str, Any]:
 
 
 async def redeliver_only(work: Path, count: int) -> dict[str, Any]:
-    """``count`` fills stored (400 keys), then a restart and the re-delivery of every one of
+    """``count`` fills stored (100 keys), then a restart and the re-delivery of every one of
     them, as a reconnect of ib_async re-sends the day's executions: the time from the first
     copy to durable and the largest event-loop lag, with the restored prints
     (``Ledger.repeats_sealed``) against the same run with them ignored (every key read)."""

@@ -87,7 +87,7 @@ def test_ingest_bench_unseal_of_a_restored_key() -> None:
 def test_ingest_bench_gc_session() -> None:
     text, result = bench("ingest.py", "--gc-session", "2000")
     assert result["session_fills"] == 2000
-    # 2,000 fills over 400 positions: below SEAL_BUSY, nothing to seal; the figures exist
+    # 2,000 fills over 100 positions: below SEAL_BUSY, nothing to seal; the figures exist
     assert result["gc_ms_seal_off"] > 0 and result["gc_ms_seal_on"] > 0
     assert result["tracked_seal_off"] > 0 and result["tracked_seal_on"] > 0
     assert math.isclose(result["vs_no_seal"],

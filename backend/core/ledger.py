@@ -325,7 +325,7 @@ class Ledger:
                 return True  # stale: dropped before its report is looked at
             exec_id = fill.exec_id
             if self._unprinted:
-                self._print(self._sealed_live[ident])
+                self.compute_prints(self._sealed_live[ident])
             if ((report is not None and report.exec_id != exec_id)
                     or self._sealed_facts.get(exec_id) != facts_print(fill)):
                 return False
@@ -334,7 +334,7 @@ class Ledger:
         else:
             exec_id = report.exec_id
             if self._unprinted:
-                self._print(self._sealed_exec[exec_id])
+                self.compute_prints(self._sealed_exec[exec_id])
         if exec_id in self._commissions:
             return False  # a report held beside the sealed one: the normal path decides
         if report is None:
@@ -343,8 +343,10 @@ class Ledger:
             return True  # an unknown report erases no known one, adds nothing to none: IGNORED
         return self._sealed_report.get(exec_id) == report_print(report)  # else NEW or CHANGED
 
-    def _print(self, key: PositionKey) -> None:
-        """Register the prints of a restored key, once (~1 us per execution)."""
+    def compute_prints(self, key: PositionKey) -> None:
+        """Register the prints of a restored key, once (~1 us per execution). Safe in a worker
+        thread while the event loop waits: registered only if the key is still sealed and
+        unprinted when they are computed."""
         restored = self._unprinted.get(key)
         if restored is None or restored.prints is None:
             return
@@ -372,11 +374,6 @@ class Ledger:
             key = self._sealed_exec.get(report.exec_id)
         restored = self._unprinted.get(key) if key is not None else None
         return None if key is None or restored is None else (key, len(restored.exec_ids))
-
-    def compute_prints(self, key: PositionKey) -> None:
-        """Compute and register a restored key's prints now (safe in a worker thread while
-        the event loop waits: registered only if the key is still sealed and unprinted)."""
-        self._print(key)
 
     def sealed_keys(self, fill: Fill | None, report: CommissionReport | None
                     ) -> list[tuple[PositionKey, int]]:

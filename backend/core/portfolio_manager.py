@@ -490,11 +490,12 @@ class PortfolioManager:
         least UNSEAL_IN_THREAD unread fills that folding ``event`` would unseal."""
         if not isinstance(event, FillMessage):
             return []
-        if self._books.ledger.repeats_sealed(event.fill, event.commission):
-            return []  # the fold drops it without reading anything
-        return [key for key, unread in self._books.ledger.sealed_keys(event.fill,
-                                                                       event.commission)
-                if unread >= UNSEAL_IN_THREAD]
+        ledger = self._books.ledger
+        big = [key for key, unread in ledger.sealed_keys(event.fill, event.commission)
+               if unread >= UNSEAL_IN_THREAD]
+        if big and ledger.repeats_sealed(event.fill, event.commission):
+            return []  # a plain copy: the fold drops it without reading anything
+        return big
 
     async def _read_sealed(self, keys: list[PositionKey]) -> None:
         """Read ``keys``' fills in a worker thread before the event that needs them is folded,
