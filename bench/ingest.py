@@ -55,7 +55,7 @@ from backend.core.portfolio_manager import (
     default_journal_path,
     journal_payload,
 )
-from backend.pm.rows import fill_row, journal_frame, state_frame
+from backend.pm.rows import fill_frame, fill_row, journal_frame, state_frame
 from backend.pm.state import Books, Dirty
 from backend.storage import open_store
 from backend.storage.api import SymbolWrite
@@ -138,8 +138,8 @@ def naive(uri: str, messages: list[dict[str, Any]]) -> float:
             assert isinstance(event, FillMessage)
             books.fold_fill(event, seq, datetime.now(UTC), dirty)
             batch = books.build(dirty)
-            for account, (rows, times) in batch.fills.items():
-                store.commit([SymbolWrite(FILLS, account, rows=journal_frame(FILLS, rows, times))])
+            for account, entries in batch.fills.items():
+                store.commit([SymbolWrite(FILLS, account, rows=fill_frame(entries))])
             for strategy, prow in batch.positions.items():
                 store.commit([SymbolWrite(POSITIONS, strategy, state=state_frame(POSITIONS, prow))])
             for account, prow in batch.portfolio.items():

@@ -611,6 +611,11 @@ class Ledger:
             self._unseal(sealed)
         return self._commissions.get(exec_id)
 
+    def held_report(self, exec_id: str) -> CommissionReport | None:
+        """The report held for the live execution ``exec_id`` (no sealed key is read: a live
+        execution's report is never sealed away from it)."""
+        return self._commissions.get(exec_id)
+
     def commissions(self, key: PositionKey) -> CommissionTotals:
         by_ccy = tuple(sorted((ccy, total) for ccy, (total, _) in
                               self._comm.get(key, {}).items()))

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
 from backend.core.model import (
     NAN,
@@ -37,6 +37,9 @@ from backend.core.model import (
     Fill,
     Instrument,
     Side,
+    parse_exec_id,
+    trusted_fill,
+    trusted_report,
 )
 from backend.errors import InvalidFieldError, InvalidMessageError
 
@@ -50,8 +53,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MISSING: Any = object()
 
 
-@dataclass(frozen=True, slots=True)
-class FillMessage:
+class FillMessage(NamedTuple):
     """A parsed ``fill`` message; ``commission`` is None when the report has not arrived."""
 
     fill: Fill
@@ -411,13 +413,15 @@ def _fast_fill(msg: Mapping[str, Any]) -> FillMessage | None:
                         or (comm - comm != 0.0 and not math.isnan(comm))  # +-inf
                         or (pnl - pnl != 0.0 and not math.isnan(pnl))):
                     return None
-                commission = CommissionReport(
+                parse_exec_id(rid)  # what CommissionReport(...) checks (raises ValueError)
+                commission = trusted_report(
                     rid, NAN if comm >= _UNSET_LIMIT else comm, currency,
                     NAN if pnl >= _UNSET_LIMIT else pnl)
         instrument = _instrument(contract, "fill.contract")
         assert instrument is not None
-        return FillMessage(Fill(exec_id, account, strategy, instrument, side, qty, price, at,
-                                order_id, perm_id, order_ref or exec_ref, exchange), commission)
+        return FillMessage(trusted_fill(exec_id, account, strategy, instrument, side, qty, price,
+                                        at, order_id, perm_id, order_ref or exec_ref, exchange),
+                           commission)
     except (AttributeError, TypeError, ValueError):  # ValueError: InvalidInputError too
         return None
 

@@ -21,10 +21,10 @@ the boundary (IB adapter, message parser) must declare their zone.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from backend.errors import InvalidExecIdError, InvalidFieldError
 
@@ -35,6 +35,8 @@ UNATTRIBUTED = "_unattributed"
 RESIDUAL = "_residual"
 
 NAN = float("nan")
+
+_new = tuple.__new__  # builds a tuple subclass from checked values, no __new__ run
 
 
 def is_flat(qty: float) -> bool:
@@ -149,10 +151,19 @@ class Instrument:
         _require_finite("strike", self.strike)
 
 
-@dataclass(frozen=True, slots=True)
-class Fill:
-    """One execution as journaled. ``qty`` is unsigned (> 0); ``side`` gives the sign."""
+class PositionKey(NamedTuple):
+    """A position is per (account, strategy, con_id).
 
+    A NamedTuple, not a dataclass: it is hashed and compared several times per fill (ledger
+    and book indexes), and tuple hashing/equality run in C (measured ~25% off a ledger fold).
+    """
+
+    account: str
+    strategy: str
+    con_id: int
+
+
+class _FillFields(NamedTuple):
     exec_id: str
     account: str
     strategy: str
@@ -161,27 +172,56 @@ class Fill:
     qty: float
     price: float
     time: datetime
-    order_id: int = 0
-    perm_id: int = 0
-    order_ref: str = ""
-    exchange: str = ""
-    # Derived from exec_id once (hot path); excluded from comparisons.
-    exec_id_base: str = field(init=False, compare=False, repr=False)
-    revision: int = field(init=False, compare=False, repr=False)
+    order_id: int
+    perm_id: int
+    order_ref: str
+    exchange: str
+    # Derived from exec_id once, at construction.
+    exec_id_base: str
+    revision: int
 
-    def __post_init__(self) -> None:
-        base, revision = parse_exec_id(self.exec_id)
-        object.__setattr__(self, "exec_id_base", base)
-        object.__setattr__(self, "revision", revision)
-        _require_str("account", self.account, nonempty=True)
-        _require_str("strategy", self.strategy, nonempty=True)
-        if not isinstance(self.instrument, Instrument):
-            raise InvalidFieldError("instrument", self.instrument, "must be an Instrument")
-        if not isinstance(self.side, Side):
-            raise InvalidFieldError("side", self.side, "must be a Side")
-        _require_finite("qty", self.qty, positive=True)
-        _require_finite("price", self.price, positive=True)
-        object.__setattr__(self, "time", require_utc("time", self.time))
+
+class Fill(_FillFields):
+    """One execution as journaled. ``qty`` is unsigned (> 0); ``side`` gives the sign.
+
+    A tuple, not a dataclass: a fill is built and read once per execution on the ingest path,
+    and a tuple is built ~20x faster than a frozen dataclass (whose ``__init__`` sets each
+    field through ``object.__setattr__``). ``Fill(...)`` checks every field;
+    :func:`trusted_fill` builds one from values a caller has already checked (the parser's
+    fast path). The derived fields (``exec_id_base``, ``revision``) are functions of
+    ``exec_id``, so tuple equality is the equality of the twelve given fields.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, exec_id: str, account: str, strategy: str, instrument: Instrument,
+                side: Side, qty: float, price: float, time: datetime, order_id: int = 0,
+                perm_id: int = 0, order_ref: str = "", exchange: str = "") -> Fill:
+        base, revision = parse_exec_id(exec_id)
+        _require_str("account", account, nonempty=True)
+        _require_str("strategy", strategy, nonempty=True)
+        if not isinstance(instrument, Instrument):
+            raise InvalidFieldError("instrument", instrument, "must be an Instrument")
+        if not isinstance(side, Side):
+            raise InvalidFieldError("side", side, "must be a Side")
+        qty = _require_finite("qty", qty, positive=True)
+        price = _require_finite("price", price, positive=True)
+        at = require_utc("time", time)
+        return tuple.__new__(cls, (exec_id, account, strategy, instrument, side, qty, price, at,
+                                   order_id, perm_id, order_ref, exchange, base, revision))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), tuple(self)))
+
+    def _replace(self, **changes: Any) -> Fill:
+        """A copy with ``changes``, checked and with its derived fields recomputed (the
+        tuple's own ``_replace`` would copy a stale ``exec_id_base``)."""
+        return Fill(**{**dict(zip(self._fields[:12], self, strict=False)), **changes})
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={value!r}" for name, value in zip(
+            self._fields[:12], self, strict=False))
+        return f"Fill({shown})"
 
     @property
     def con_id(self) -> int:
@@ -210,44 +250,73 @@ class Fill:
         return (self.time, self.exec_id)
 
 
-class PositionKey(NamedTuple):
-    """A position is per (account, strategy, con_id).
-
-    A NamedTuple, not a dataclass: it is hashed and compared several times per fill (ledger
-    and book indexes), and tuple hashing/equality run in C (measured ~25% off a ledger fold).
-    """
-
-    account: str
-    strategy: str
-    con_id: int
+_T = TypeVar("_T", bound=tuple[Any, ...])
 
 
-@dataclass(frozen=True, slots=True)
-class CommissionReport:
+def _rebuild(cls: type[_T], values: tuple[Any, ...]) -> _T:
+    return tuple.__new__(cls, values)
+
+
+def trusted_fill(exec_id: str, account: str, strategy: str, instrument: Instrument, side: Side,
+                 qty: float, price: float, time: datetime, order_id: int, perm_id: int,
+                 order_ref: str, exchange: str) -> Fill:
+    """A :class:`Fill` of values the caller has checked as ``Fill(...)`` would (names
+    non-empty str, qty and price finite float > 0, time an aware UTC datetime, exec_id a
+    non-empty str): no check is repeated."""
+    base, revision = parse_exec_id(exec_id)
+    return _new(Fill, (exec_id, account, strategy, instrument, side, qty, price, time,
+                       order_id, perm_id, order_ref, exchange, base, revision))
+
+
+class _ReportFields(NamedTuple):
+    exec_id: str
+    commission: float
+    currency: str
+    realized_pnl: float
+
+
+class CommissionReport(_ReportFields):
     """IB's commission report for one execId. Every number may be unknown (NaN).
 
     ``realized_pnl`` is IB's own figure (NaN unless reported); the ledger computes its own
-    gross realized PnL and never mixes the two.
+    gross realized PnL and never mixes the two. A tuple for the same reason as :class:`Fill`;
+    :func:`trusted_report` skips the checks.
     """
 
-    exec_id: str
-    commission: float = NAN
-    currency: str = ""
-    realized_pnl: float = NAN
+    __slots__ = ()
 
-    def __post_init__(self) -> None:
-        parse_exec_id(self.exec_id)
-        for name in ("commission", "realized_pnl"):
-            value = getattr(self, name)
+    def __new__(cls, exec_id: str, commission: float = NAN, currency: str = "",
+                realized_pnl: float = NAN) -> CommissionReport:
+        parse_exec_id(exec_id)
+        for name, value in (("commission", commission), ("realized_pnl", realized_pnl)):
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise InvalidFieldError(name, value, "must be a number (NaN when unknown)")
             if math.isinf(value):
                 raise InvalidFieldError(name, value, "must be finite or NaN")
-        _require_str("currency", self.currency)
+        _require_str("currency", currency)
+        return tuple.__new__(cls, (exec_id, commission, currency, realized_pnl))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), tuple(self)))
+
+    def _replace(self, **changes: Any) -> CommissionReport:
+        """A checked copy with ``changes``."""
+        return CommissionReport(**{**self._asdict(), **changes})
+
+    def __repr__(self) -> str:
+        return (f"CommissionReport(exec_id={self.exec_id!r}, commission={self.commission!r}, "
+                f"currency={self.currency!r}, realized_pnl={self.realized_pnl!r})")
 
     @property
     def known(self) -> bool:
         return not math.isnan(self.commission)
+
+
+def trusted_report(exec_id: str, commission: float, currency: str,
+                   realized_pnl: float) -> CommissionReport:
+    """A :class:`CommissionReport` of checked values (exec_id a valid non-empty str, numbers
+    float finite or NaN, currency str)."""
+    return _new(CommissionReport, (exec_id, commission, currency, realized_pnl))
 
 
 def utc_now() -> datetime:

@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from backend.core.model import NAN, Fill, Instrument, PositionKey, is_flat
 
 
-@dataclass(frozen=True, slots=True)
-class Position:
-    """State of one (account, strategy, con_id) after folding its fills."""
+class Position(NamedTuple):
+    """State of one (account, strategy, con_id) after folding its fills (a NamedTuple: one
+    is built per fill, and a tuple is built several times faster than a frozen dataclass)."""
 
     key: PositionKey
     instrument: Instrument

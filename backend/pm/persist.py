@@ -9,7 +9,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from backend.core.model import RESIDUAL
-from backend.pm.rows import Row, frame_rows, journal_frame, state_frame
+from backend.pm.rows import Row, fill_frame, frame_rows, journal_frame, state_frame
 from backend.storage.api import Store, SymbolWrite
 from backend.storage.schema import FILLS, ORDERS, PORTFOLIO, POSITIONS, REJECTS
 
@@ -36,8 +36,10 @@ def commit_batch(store: Store, batch: object, *, run_id: str, retry: bool,
 
     assert isinstance(batch, Batch)
     meta = {"watermark": batch.seq, "run_id": run_id, "writer": WRITER}
-    writes: list[SymbolWrite] = []
-    for library, per_symbol in ((FILLS, batch.fills), (ORDERS, batch.orders),
+    writes: list[SymbolWrite] = [
+        SymbolWrite(FILLS, account, rows=fill_frame(entries), metadata=meta)
+        for account, entries in batch.fills.items() if entries]
+    for library, per_symbol in ((ORDERS, batch.orders),
                                 (REJECTS, batch.rejects)):
         for symbol, (rows, times) in per_symbol.items():
             if library == REJECTS and retry:

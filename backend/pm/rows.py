@@ -46,6 +46,37 @@ def fill_row(fill: Fill, report: CommissionReport | None, seq: int, recorded_at:
     )
 
 
+FillEntry = tuple[Fill, CommissionReport | None, int, datetime]  # fill, report, seq, recorded_at
+
+
+def fill_frame(entries: Sequence[FillEntry]) -> pd.DataFrame:
+    """The ``fills`` frame of ``entries`` (the rows :func:`fill_row` gives, indexed by the
+    execution times), built column by column: a fill is a tuple, so ``zip(*fills)``
+    transposes them in C instead of a row tuple per fill and a transpose of those."""
+    if not entries:
+        return _frame(FILLS, [], pd.DatetimeIndex([], name=INDEX_NAME, tz="UTC"))
+    fills, reports, seqs, recorded = zip(*entries, strict=True)
+    (exec_id, _account, strategy, inst, side, qty, price, times, order_id, perm_id, order_ref,
+     exchange, base, revision) = zip(*fills, strict=True)
+    known = [r if r is not None and r.known else None for r in reports]
+    data = {
+        "exec_id": exec_id, "exec_id_base": base, "revision": revision, "order_id": order_id,
+        "perm_id": perm_id, "order_ref": order_ref, "strategy": strategy,
+        "symbol": [i.symbol for i in inst], "con_id": [i.con_id for i in inst],
+        "sec_type": [i.sec_type for i in inst], "currency": [i.currency for i in inst],
+        "multiplier": [i.multiplier for i in inst], "expiry": [i.expiry for i in inst],
+        "strike": [i.strike for i in inst], "right": [i.right for i in inst],
+        "exchange": exchange, "side": [s.value for s in side], "qty": qty, "price": price,
+        "commission": [NAN if r is None else r.commission for r in known],
+        "commission_currency": ["" if r is None else r.currency for r in known],
+        "broker_realized_pnl": [NAN if r is None else r.realized_pnl for r in reports],
+        "recorded_at": recorded, "seq": seqs, "exec_time": times,
+    }
+    index = pd.DatetimeIndex(list(times), name=INDEX_NAME).tz_convert("UTC")
+    return pd.DataFrame({name: _column(list(data[name]), dtype)
+                         for name, dtype in SCHEMAS[FILLS].items()}, index=index, copy=False)
+
+
 def order_row(ev: StatusMessage, seq: int, recorded_at: datetime) -> Row:
     return (
         ev.event_key, ev.order_id, ev.perm_id, ev.client_id, ev.order_ref, ev.strategy,

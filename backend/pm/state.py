@@ -18,8 +18,8 @@ from backend.core.messages import FillMessage, StatusMessage
 from backend.core.model import RESIDUAL, PositionKey, utc_now
 from backend.errors import ConflictingFillError
 from backend.pm.rows import (
+    FillEntry,
     Row,
-    fill_row,
     order_row,
     portfolio_row,
     position_row,
@@ -32,8 +32,8 @@ from backend.storage.schema import UNKNOWN_ACCOUNT_SYMBOL
 class Dirty:
     """What changed since the last durable batch."""
 
-    # (account, exec_id_base) -> (live exec_id, seq, recorded_at)
-    fills: dict[tuple[str, str], tuple[str, int, datetime]] = field(default_factory=dict)
+    # (account, exec_id_base) -> (live fill, its report, seq, recorded_at) as last changed
+    fills: dict[tuple[str, str], FillEntry] = field(default_factory=dict)
     # (account, event_key) -> (event, seq, recorded_at)
     orders: dict[tuple[str, str], tuple[StatusMessage, int, datetime]] = field(
         default_factory=dict)
@@ -80,7 +80,7 @@ class Dirty:
 class Batch:
     """Rows to persist, per library and symbol, and the watermark they carry."""
 
-    fills: dict[str, tuple[list[Row], list[datetime]]]
+    fills: dict[str, list[FillEntry]]
     orders: dict[str, tuple[list[Row], list[datetime]]]
     rejects: dict[str, tuple[list[Row], list[datetime]]]
     positions: dict[str, list[Row]]
@@ -135,7 +135,8 @@ class Books:
                 changed = True
                 dirty.strategies.add(live.strategy)
         if changed:
-            dirty.fills[(live.account, live.exec_id_base)] = (live.exec_id, seq, at)
+            dirty.fills[(live.account, live.exec_id_base)] = (
+                live, ledger.held_report(live.exec_id), seq, at)
         return None
 
     def fold_status(self, ev: StatusMessage, seq: int, at: datetime, dirty: Dirty) -> None:
@@ -208,15 +209,9 @@ class Books:
         return [book[k] for k in sorted(book)] + self.residuals.get(account, [])
 
     def build(self, dirty: Dirty, *, facts: bool = True, state: bool = True) -> Batch:
-        fills: dict[str, tuple[list[Row], list[datetime]]] = {}
-        ledger = self.ledger
-        for (account, _base), (exec_id, seq, at) in (dirty.fills if facts else {}).items():
-            live = ledger.live_fill(account, exec_id)
-            if live is None:  # pragma: no cover - a live fill is never removed
-                continue
-            rows, times = fills.setdefault(account, ([], []))
-            rows.append(fill_row(live, ledger.commission_for(live.exec_id), seq, at))
-            times.append(live.time)
+        fills: dict[str, list[FillEntry]] = {}
+        for (account, _base), entry in (dirty.fills if facts else {}).items():
+            fills.setdefault(account, []).append(entry)
         orders: dict[str, tuple[list[Row], list[datetime]]] = {}
         for (account, _key), (ev, seq, at) in (dirty.orders if facts else {}).items():
             rows, times = orders.setdefault(account, ([], []))

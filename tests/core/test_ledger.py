@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from datetime import timedelta
 from typing import Any
@@ -39,7 +38,7 @@ def test_same_exec_id_different_content_names_both_versions() -> None:
     ledger = Ledger()
     f = fill(1, "BUY", 10, 100)
     ledger.apply_fill(f)
-    other = dataclasses.replace(f, qty=11)
+    other = f._replace(qty=11)
     with pytest.raises(ConflictingFillError) as err:
         ledger.apply_fill(other)
     assert err.value.exec_id == f.exec_id
@@ -51,7 +50,7 @@ def test_redelivery_with_other_attribution_is_a_duplicate_and_keeps_the_first() 
     ledger = Ledger()
     f = fill(1, "BUY", 10, 100)
     ledger.apply_fill(f)
-    again = dataclasses.replace(f, strategy="_unattributed")
+    again = f._replace(strategy="_unattributed")
     assert ledger.apply_fill(again).outcome is FillOutcome.DUPLICATE
     assert [p.key.strategy for p in ledger.positions()] == ["alpha"]
 
@@ -382,13 +381,13 @@ def test_a_copy_of_a_sealed_execution_is_recognised_without_reading_its_key() ->
     assert not repeats(plain, CommissionReport(plain.exec_id, 0.0, "USD"))  # NEW
     # an unknown report is never held (IGNORED), so a copy carrying one changes nothing
     assert repeats(odd, pnl_only) and repeats(odd, CommissionReport(odd.exec_id, NAN, "", 8.0))
-    moved = dataclasses.replace(plain, price=102.5)  # same exec_id, other facts: a conflict
+    moved = plain._replace(price=102.5)  # same exec_id, other facts: a conflict
     assert not repeats(moved, None)
     # same base and revision, another spelling of the exec_id: not a copy
-    respelled = dataclasses.replace(fix, exec_id=fix.exec_id.rsplit(".", 1)[0] + ".2")
+    respelled = fix._replace(exec_id=fix.exec_id.rsplit(".", 1)[0] + ".2")
     assert respelled.revision == fix.revision and not repeats(respelled, None)
     # attribution and description are not facts: another path's copy is still a copy
-    assert repeats(dataclasses.replace(plain, strategy="beta", order_ref="x"), None)
+    assert repeats(plain._replace(strategy="beta", order_ref="x"), None)
     assert not repeats(fill(4, "BUY", 1.0, 100.0), None)  # a new execution
     assert ledger.restored_keys == 1  # none of this read the key
     with pytest.raises(ConflictingFillError):  # the normal path reads it and names both

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -66,7 +65,7 @@ def test_fill_validation_names_field_and_value(field: str, value: object, needle
     good = fill(1, "BUY", 1, 1)
     changes: dict[str, Any] = {field: value}
     with pytest.raises(InvalidFieldError) as err:
-        dataclasses.replace(good, **changes)
+        good._replace(**changes)
     assert err.value.field == field
     assert needle in str(err.value)
     assert isinstance(err.value, InvalidInputError) and isinstance(err.value, LedgerError)
@@ -91,7 +90,7 @@ def test_times_become_utc() -> None:
     est = timezone(timedelta(hours=-5))
     t = require_utc("time", datetime(2026, 11, 20, 9, 30, tzinfo=est))
     assert t.utcoffset() == timedelta(0) and t.hour == 14
-    f = dataclasses.replace(fill(1, "BUY", 1, 1), time=datetime(2026, 11, 20, 9, 30, tzinfo=est))
+    f = fill(1, "BUY", 1, 1)._replace(time=datetime(2026, 11, 20, 9, 30, tzinfo=est))
     assert f.time.tzinfo is not None and f.time.utcoffset() == timedelta(0)
 
 

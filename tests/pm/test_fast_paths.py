@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
+import pandas as pd
 import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
@@ -21,7 +22,10 @@ from backend.core.messages import (
     canonical,
     parse_message,
 )
+from backend.core.model import CommissionReport as ModelReport
 from backend.core.portfolio_manager import _dumps
+from backend.pm.rows import FillEntry, fill_frame, fill_row, journal_frame
+from backend.storage.schema import FILLS, SCHEMAS
 from backend.errors import InvalidFieldError, InvalidInputError
 
 from .ib_objects import AAPL, ES, T0, dict_fill, exec_id, fill_msg, ib_fill, ib_trade
@@ -146,3 +150,28 @@ def test_fast_fill_parse_takes_real_ib_async_fills() -> None:
         parse(msg)
         fast = _fast_fill(msg)
         assert fast is not None and fast == _checked_fill(msg)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(ib_messages(), min_size=1, max_size=6), st.data())
+def test_fill_frame_equals_the_frame_of_fill_rows(msgs: list[dict[str, object]],
+                                                  data: st.DataObject) -> None:
+    """The commit builds the ``fills`` frame column by column from the live fills
+    (:func:`fill_frame`); it equals the frame of :func:`fill_row` rows, value for value and
+    dtype for dtype, reports known, unknown or absent."""
+    assert fill_frame([]).empty and list(fill_frame([]).dtypes) == list(SCHEMAS[FILLS].values())
+    entries: list[FillEntry] = []
+    for n, msg in enumerate([fill_msg("alpha", ib_fill(9, "SLD", 2.0, 11.0)), *msgs]):
+        try:
+            parsed = _checked_fill(msg)
+        except InvalidInputError:
+            continue
+        report = parsed.commission
+        if report is None and data.draw(st.booleans()):
+            report = ModelReport(parsed.fill.exec_id, 1.5, "EUR")
+        entries.append((parsed.fill, report, n, NOW + timedelta(seconds=n)))
+    rows = [fill_row(*entry) for entry in entries]
+    want = journal_frame(FILLS, rows, [entry[0].time for entry in entries])
+    got = fill_frame(entries)
+    assert list(got.dtypes) == list(want.dtypes)
+    pd.testing.assert_frame_equal(got, want)
