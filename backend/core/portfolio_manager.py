@@ -65,6 +65,7 @@ from backend.core.messages import (
 )
 from backend.core.model import PositionKey
 from backend.errors import InvalidInputError, JournalError, PersistError
+from backend.pm.payload import compact_fill, entry_account, read_payload
 from backend.pm.persist import commit_batch
 from backend.pm.recovery import recover_books
 from backend.pm.restore import RestoreStats
@@ -126,6 +127,10 @@ def prepare_message(msg: Any, received: float,
     try:
         at = datetime.fromtimestamp(received, UTC)
         event = parse_message(msg, received_at=at, default_account=default_account)
+        if isinstance(event, FillMessage):
+            compact = compact_fill(event)
+            if compact is not None:
+                return compact, event
         return _dumps(canonical(event)), event
     except InvalidInputError as exc:
         account = message_account(msg) or ""
@@ -774,11 +779,19 @@ class PortfolioManager:
         return replayed
 
     def _replay_fold(self, seq: int, payload: str, received: float) -> None:
+        event: _Event
         try:
-            msg = orjson.loads(payload)
-        except orjson.JSONDecodeError:  # NaN literals, ints beyond 64 bits: json reads them
-            msg = json.loads(payload)
-        _, event = prepare_message(msg, received, self.default_account)
+            msg = read_payload(payload)
+        except InvalidInputError as exc:  # a compact fill entry that does not read back
+            account = entry_account(payload)
+            self.log.error("journal entry seq=%d: %s", seq, exc, extra={"account": account or "-"})
+            msg = payload
+            event = (account, str(exc), str(getattr(exc, "field", "")), payload)
+        else:
+            if isinstance(msg, FillMessage):
+                event = msg
+            else:
+                _, event = prepare_message(msg, received, self.default_account)
         self._fold(seq, event, msg, received)
 
     # ---------------------------------------------------------------- read helpers

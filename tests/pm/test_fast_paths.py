@@ -24,9 +24,10 @@ from backend.core.messages import (
 )
 from backend.core.model import CommissionReport as ModelReport
 from backend.core.portfolio_manager import _dumps
+from backend.errors import InvalidFieldError, InvalidInputError
+from backend.pm.payload import compact_fill, read_payload
 from backend.pm.rows import FillEntry, fill_frame, fill_row, journal_frame
 from backend.storage.schema import FILLS, SCHEMAS
-from backend.errors import InvalidFieldError, InvalidInputError
 
 from .ib_objects import AAPL, ES, T0, dict_fill, exec_id, fill_msg, ib_fill, ib_trade
 
@@ -175,3 +176,42 @@ def test_fill_frame_equals_the_frame_of_fill_rows(msgs: list[dict[str, object]],
     got = fill_frame(entries)
     assert list(got.dtypes) == list(want.dtypes)
     pd.testing.assert_frame_equal(got, want)
+
+
+@settings(max_examples=800, deadline=None)
+@given(ib_messages())
+def test_compact_journal_entry_reads_back_to_the_same_event(msg: dict[str, object]) -> None:
+    """A parsed fill is journaled in the compact positional form; reading it back (with every
+    field checked again) gives the same fill and report, NaN for NaN."""
+    try:
+        event = _checked_fill(msg)
+    except InvalidInputError:
+        return
+    text = compact_fill(event)
+    assert text is not None
+    back = read_payload(text)
+    assert isinstance(back, FillMessage)
+    assert back.fill == event.fill
+    assert back.fill.time.tzinfo is not None
+    assert _dumps(canonical(back)) == _dumps(canonical(event))
+
+
+def test_compact_entry_falls_back_and_bad_entries_name_their_field() -> None:
+    big = _checked_fill(fill_msg("alpha", ib_fill(1, "BOT", 1.0, 10.0)))
+    huge = FillMessage(big.fill._replace(perm_id=2**70), None)
+    assert compact_fill(huge) is None  # beyond orjson: the canonical dict form is journaled
+    text = compact_fill(big)
+    assert text is not None
+    entry = json.loads(text)
+    entry[6] = -1.0  # qty
+    with pytest.raises(InvalidFieldError) as err:
+        read_payload(json.dumps(entry))
+    assert err.value.field == "qty"
+    entry = json.loads(text)
+    entry[8] = "yesterday"
+    with pytest.raises(InvalidFieldError) as err:
+        read_payload(json.dumps(entry))
+    assert err.value.field == "fill.execution.time"
+    with pytest.raises(InvalidInputError, match="14 elements"):
+        read_payload(json.dumps(entry[:5]))
+    assert read_payload('{"type": "fill", "x": NaN}')["type"] == "fill"  # json reads NaN

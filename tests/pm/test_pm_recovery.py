@@ -369,3 +369,30 @@ async def test_an_execution_stored_twice_is_refolded_fill_by_fill(tmp_path: Path
         pd.testing.assert_frame_equal(
             snapshot(uri)[(library, symbol)], snapshot(ref)[(library, symbol)],
             check_exact=False, rtol=1e-9)
+
+
+@pytest.mark.asyncio
+async def test_a_journal_entry_that_does_not_read_back_goes_to_rejects(tmp_path: Path) -> None:
+    """A writer killed after journaling leaves compact fill entries; one that no longer reads
+    back (a damaged file) is not lost and does not stop the replay: it goes to ``rejects``
+    whole, with the field that failed, and the entries after it are folded."""
+    import json
+    import time
+
+    from backend.core.portfolio_manager import default_journal_path, journal_payload
+    from backend.storage.journal import Journal
+
+    uri = f"lmdb://{tmp_path / 'a'}"
+    good = [journal_payload(fill_msg("alpha", ib_fill(n, "BOT", 1.0, 10.0 + n)), time.time())
+            for n in (1, 2)]
+    damaged = json.loads(good[0])
+    damaged[6] = -5.0  # the quantity
+    with Journal(default_journal_path(uri)) as journal:
+        journal.append([json.dumps(damaged), good[1]])
+    async with PortfolioManager(uri) as pm:
+        await pm.flush()
+    fills, rejects = read(uri, FILLS, ACCOUNT), read(uri, "rejects", ACCOUNT)
+    assert fills["qty"].tolist() == [1.0] and fills["price"].tolist() == [12.0]
+    assert len(rejects) == 1
+    assert rejects["field"].iloc[0] == "qty" and "-5.0" in rejects["reason"].iloc[0]
+    assert json.loads(rejects["raw"].iloc[0]) == damaged
