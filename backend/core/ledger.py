@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from itertools import chain, islice, repeat
-from typing import Any, TypeVar, overload
+from typing import Any, NamedTuple, TypeVar, overload
 
 from backend.core.model import (
     NAN,
@@ -73,8 +73,7 @@ class CommissionOutcome(StrEnum):
     IGNORED = "ignored"  # an unknown (empty) report never erases a known one
 
 
-@dataclass(frozen=True, slots=True)
-class FillResult:
+class FillResult(NamedTuple):  # a NamedTuple: one is built per fill
     outcome: FillOutcome
     fill: Fill  # the live fill after this step
     replaced: Fill | None  # for a correction, the fill it replaced
@@ -508,15 +507,17 @@ class Ledger:
             return self._correct(live, fill)
         self._live[ident] = fill
         key = self._intern(fill.key)
-        self._add_to_key(key, fill)
-        self._update_mark(fill)
+        self._set_mark(fill.instrument.con_id, fill.price, self._add_to_key(key, fill))
         return FillResult(FillOutcome.NEW, fill, None, (key,))
 
     def _intern(self, key: PositionKey) -> PositionKey:
         return self._keys.setdefault(key, key)
 
-    def _add_to_key(self, key: PositionKey, fill: Fill) -> None:
-        fills = self._by_key.setdefault(key, {})
+    def _add_to_key(self, key: PositionKey, fill: Fill) -> tuple[datetime, str]:
+        """Add ``fill`` to ``key``'s fills and position; returns its sort key."""
+        fills = self._by_key.get(key)
+        if fills is None:
+            fills = self._by_key[key] = {}
         fills[fill.exec_id_base] = fill
         self._exec_key[fill.exec_id] = key
         self._count_commission(key, fill.exec_id, +1)
@@ -530,6 +531,7 @@ class Ledger:
             self._last_price[key] = fill.price
         else:
             self._refold(key)
+        return sort_key
 
     def _correct(self, old: Fill, new: Fill) -> FillResult:
         # The old fill may sit in a restored key beside unread fills: read them first, so

@@ -362,7 +362,7 @@ def _known_name(value: object) -> bool:
     return True
 
 
-def _fast_fill(msg: Mapping[str, Any]) -> FillMessage | None:
+def fast_fill(msg: Mapping[str, Any]) -> FillMessage | None:
     """The fill of an ib_async message whose every field has ib_async's own type and a value
     the checked path accepts as it is; None for anything else (the checked path then reads
     it, and raises naming the field). About half the checked path's cost."""
@@ -413,7 +413,8 @@ def _fast_fill(msg: Mapping[str, Any]) -> FillMessage | None:
                         or (comm - comm != 0.0 and not math.isnan(comm))  # +-inf
                         or (pnl - pnl != 0.0 and not math.isnan(pnl))):
                     return None
-                parse_exec_id(rid)  # what CommissionReport(...) checks (raises ValueError)
+                if rid != exec_id:  # what CommissionReport(...) checks (raises ValueError)
+                    parse_exec_id(rid)
                 commission = trusted_report(
                     rid, NAN if comm >= _UNSET_LIMIT else comm, currency,
                     NAN if pnl >= _UNSET_LIMIT else pnl)
@@ -427,7 +428,7 @@ def _fast_fill(msg: Mapping[str, Any]) -> FillMessage | None:
 
 
 def _parse_fill(msg: Mapping[str, Any]) -> FillMessage:
-    fast = _fast_fill(msg)
+    fast = fast_fill(msg)
     return fast if fast is not None else _checked_fill(msg)
 
 

@@ -233,7 +233,7 @@ class Fill(_FillFields):
 
     @property
     def key(self) -> PositionKey:
-        return PositionKey(self.account, self.strategy, self.instrument.con_id)
+        return _new(PositionKey, (self[1], self[2], self[3].con_id))
 
     def facts(self) -> tuple[object, ...]:
         """What the broker says about the execution: equal facts = the same execution.

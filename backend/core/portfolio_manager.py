@@ -53,11 +53,13 @@ import pandas as pd
 from backend.core.broker import BrokerExecution
 from backend.core.ledger import Ledger
 from backend.core.messages import (
+    FILL,
     FillMessage,
     Parsed,
     StatusMessage,
     canonical,
     encode_raw,
+    fast_fill,
     fill_message,
     message_account,
     message_con_id,
@@ -118,6 +120,14 @@ def prepare_message(msg: Any, received: float,
                     default_account: str = "") -> tuple[str, _Event]:
     """(write-ahead journal payload, parsed event or (account, reason, field, raw) of a reject)
     of ``msg`` received at ``received`` (epoch seconds): what the manager journals and folds."""
+    if type(msg) is dict and msg.get("type") == FILL:
+        # The common case first: an ib_async fill the parser's fast path reads (what
+        # parse_message would return for it), journaled in the compact form.
+        fast = fast_fill(msg)
+        if fast is not None:
+            compact = compact_fill(fast)
+            if compact is not None:
+                return compact, fast
     if isinstance(msg, Mapping) and msg.get("type") == REJECT:
         return json.dumps(msg), (str(msg["account"]), str(msg["reason"]), str(msg["field"]),
                                  str(msg["raw"]))

@@ -25,7 +25,7 @@ import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from backend.core.model import NAN, Fill, Instrument, PositionKey, is_flat
+from backend.core.model import NAN, Fill, Instrument, PositionKey, Side, is_flat
 
 
 class Position(NamedTuple):
@@ -55,6 +55,10 @@ class Position(NamedTuple):
         if math.isnan(mark):
             return NAN
         return (mark - self.avg_cost) * self.qty * self.instrument.multiplier
+
+
+_new = tuple.__new__
+_BUY = Side.BUY
 
 
 def empty_position(fill: Fill) -> Position:
@@ -99,13 +103,14 @@ def _step(state: _State, signed: float, price: float, multiplier: float) -> _Sta
 
 def apply_fill(position: Position, fill: Fill) -> Position:
     """Return the position after ``fill``. Pure: ``position`` is not changed."""
+    (key, instrument, qty, avg, realized, count, _, lo, hi) = position
     qty, avg, realized, lo, hi = _step(
-        (position.qty, position.avg_cost, position.realized_pnl, position.open_price_min,
-         position.open_price_max), fill.signed_qty, fill.price, position.instrument.multiplier)
+        (qty, avg, realized, lo, hi), fill.qty if fill.side is _BUY else -fill.qty, fill.price,
+        instrument.multiplier)
     # The latest description of the contract wins (a later fill may carry a fuller one).
-    return Position(key=position.key, instrument=fill.instrument, qty=qty, avg_cost=avg,
-                    realized_pnl=realized, fill_count=position.fill_count + 1,
-                    last_exec_id=fill.exec_id, open_price_min=lo, open_price_max=hi)
+    # (tuple.__new__: the fields in Position's order, without the keyword-argument call)
+    return _new(Position, (key, fill.instrument, qty, avg, realized, count + 1, fill.exec_id,
+                           lo, hi))
 
 
 def fold_numbers(signed: Sequence[float], prices: Sequence[float],

@@ -18,8 +18,8 @@ from ib_async import CommissionReport, Contract, Execution, Fill
 from backend.core.messages import (
     FillMessage,
     _checked_fill,
-    _fast_fill,
     canonical,
+    fast_fill,
     parse_message,
 )
 from backend.core.model import CommissionReport as ModelReport
@@ -130,7 +130,7 @@ def test_fast_fill_parse_accepts_only_what_the_checked_parse_accepts_and_equals_
     naming the field. It never accepts what the checked path refuses, and what it accepts
     equals the checked result, journal payload included."""
     parse(fill_msg("alpha", ib_fill(1, "BOT", 1.0, 10.0)))  # ib_async types are known
-    fast = _fast_fill(msg)
+    fast = fast_fill(msg)
     try:
         checked = _checked_fill(msg)
     except InvalidInputError:
@@ -149,7 +149,7 @@ def test_fast_fill_parse_takes_real_ib_async_fills() -> None:
         msg = fill_msg("alpha", ib_fill(1, "BOT", 3.0, 10.5, commission=report), ib_trade(
             1, "BUY", 3.0, order_ref="ref"))
         parse(msg)
-        fast = _fast_fill(msg)
+        fast = fast_fill(msg)
         assert fast is not None and fast == _checked_fill(msg)
 
 
