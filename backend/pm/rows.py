@@ -70,11 +70,14 @@ def fill_frame(entries: Sequence[FillEntry]) -> pd.DataFrame:
         "commission": [NAN if r is None else r.commission for r in known],
         "commission_currency": ["" if r is None else r.currency for r in known],
         "broker_realized_pnl": [NAN if r is None else r.realized_pnl for r in reports],
-        "recorded_at": recorded, "seq": seqs, "exec_time": times,
+        "recorded_at": recorded, "seq": seqs,
     }
+    # the execution times are converted once, for the index and the exec_time column
     index = pd.DatetimeIndex(list(times), name=INDEX_NAME).tz_convert("UTC")
-    return pd.DataFrame({name: _column(list(data[name]), dtype)
-                         for name, dtype in SCHEMAS[FILLS].items()}, index=index, copy=False)
+    columns = {name: _column(list(data[name]), dtype)
+               for name, dtype in SCHEMAS[FILLS].items() if name != "exec_time"}
+    columns["exec_time"] = index.tz_convert(None).to_numpy()
+    return pd.DataFrame(columns, index=index, copy=False)
 
 
 def order_row(ev: StatusMessage, seq: int, recorded_at: datetime) -> Row:

@@ -98,6 +98,15 @@ class Occupied:
         else:
             bisect.insort(self._times, ts)
 
+    def extend(self, times: Sequence[int]) -> None:
+        """Add every time of ``times`` (a batch's times, strictly increasing): one list
+        extend when they all come after the tail (the hot path), else one by one."""
+        if times and (not self._times or times[0] > self._times[-1]):
+            self._times.extend(times)
+        else:
+            for ts in times:
+                self.add(ts)
+
     def remove(self, ts: int) -> None:
         i = bisect.bisect_left(self._times, ts)
         if i < len(self._times) and self._times[i] == ts:

@@ -211,11 +211,10 @@ def plan_journal(prep: Prepared, before: SymbolState) -> Plan:
         after_occ = unchanged.copy()
     tail = unchanged.tail  # greatest stored time that stays (before this batch's rows)
     rows.index = ns_index(times)  # ``prep.rows`` is the store's own copy (see prepare)
-    for t in times.tolist():
-        after_occ.add(t)
+    stamps = times.tolist()
+    after_occ.extend(stamps)
     if keys is not None and key_col is not None:
-        for k, t in zip(rows[key_col].tolist(), times.tolist(), strict=True):
-            keys[k] = t
+        keys.update(zip(rows[key_col].tolist(), stamps, strict=True))
     after = SymbolState(True, after_occ, keys)
 
     if not before.exists:
