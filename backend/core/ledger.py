@@ -510,6 +510,55 @@ class Ledger:
         self._set_mark(fill.instrument.con_id, fill.price, self._add_to_key(key, fill))
         return FillResult(FillOutcome.NEW, fill, None, (key,))
 
+    def add_new(self, fill: Fill, report: CommissionReport | None) -> PositionKey | None:
+        """The common case of ``apply_fill(fill)`` then ``apply_commission(report)`` in one
+        step: an execution this ledger has never seen (not live, not sealed, no report held)
+        that comes after its position's last fill in canonical order. Returns the position's
+        key, the state being exactly what the two calls leave (a property test compares
+        them); returns None, changing nothing, for anything else (the caller then takes the
+        general path). ``report`` must be None or of ``fill``'s exec_id.
+
+        Why a second path: it is most of what the manager folds, and doing its dict updates
+        inline, with the report counted once (instead of counted pending, then moved),
+        halves the step (Dec 2 box: 7 -> ~3 us per fill)."""
+        account, exec_id, base = fill[1], fill[0], fill[12]
+        ident = (account, base)
+        if (ident in self._live or (self._sealed_live and ident in self._sealed_live)
+                or exec_id in self._commissions):
+            return None
+        key = _new(PositionKey, (account, fill[2], fill[3].con_id))
+        key = self._keys.setdefault(key, key)
+        sort_key = (fill[7], exec_id)
+        last = self._last_sort.get(key)
+        if last is not None and not sort_key > last:
+            return None  # out of canonical order: the general path refolds
+        self._live[ident] = fill
+        fills = self._by_key.get(key)
+        if fills is None:
+            fills = self._by_key[key] = {}
+        fills[base] = fill
+        self._exec_key[exec_id] = key
+        if report is not None and report[1] == report[1]:  # a known commission (not NaN)
+            self._commissions[exec_id] = report
+            by_ccy = self._comm.get(key)
+            if by_ccy is None:
+                by_ccy = self._comm[key] = {}
+            total, n = by_ccy.get(report[2], (0.0, 0))
+            by_ccy[report[2]] = (total + report[1], n + 1)
+        else:  # an unknown report is never held (apply_commission ignores it)
+            self._pending[key] = self._pending.get(key, 0) + 1
+        position = self._positions.get(key)
+        self._positions[key] = apply_fill(
+            position if position is not None else empty_position(fill), fill)
+        self._last_sort[key] = sort_key
+        price = fill[6]
+        self._last_price[key] = price
+        con_id = key[2]
+        mark = self._marks.get(con_id)
+        if mark is None or sort_key >= mark[0]:
+            self._marks[con_id] = (sort_key, price)
+        return key
+
     def _intern(self, key: PositionKey) -> PositionKey:
         return self._keys.setdefault(key, key)
 
@@ -776,6 +825,7 @@ def _unpack(row: tuple[Any, ...], instruments: tuple[Instrument, ...]
     return fill, (None if report is None else CommissionReport(exec_id, *report))
 
 
+_new = tuple.__new__
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 

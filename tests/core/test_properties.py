@@ -374,3 +374,55 @@ def test_sealing_keys_at_any_point_changes_no_outcome_and_no_state(
                                                                 key=Fill.sort_key)
     assert sealing.restored_keys == 0
     assert state(sealing) == state(plain)
+
+
+def internals(ledger: Ledger) -> dict[str, object]:
+    """Every structure of a ledger, a pending count of 0 the same as none."""
+    out = dict(vars(ledger))
+    out["_pending"] = {k: v for k, v in ledger._pending.items() if v}
+    out["_comm"] = {k: v for k, v in ledger._comm.items() if v}
+    for name in ("_sealed", "_unprinted"):  # their loaders are closures: compare the rest
+        out[name] = {k: (r.position, r.last_sort, r.last_price, list(r.exec_ids), r.pending,
+                         r.commissions) for k, r in getattr(ledger, name).items()}
+    return out
+
+
+@PROPERTY
+@given(fill_sets(), st.data())
+def test_the_new_execution_path_leaves_what_the_general_path_leaves(
+    data: tuple[list[Fill], list[CommissionReport]], draw: st.DataObject
+) -> None:
+    """``add_new`` (the manager's step for a new execution in order, its report with it) leaves
+    exactly the structures ``apply_fill`` then ``apply_commission`` leave, and declines
+    (changing nothing) everything else: duplicates, corrections, stale revisions, fills out
+    of order, executions of sealed keys, reports already held."""
+    fills, reports = data
+    by_exec = {r.exec_id: r for r in reports}
+    events = draw.draw(st.permutations(fills))
+    events += [events[i] for i in draw.draw(st.lists(st.integers(0, len(events) - 1),
+                                                    max_size=len(events)))]
+    seal_after = set(draw.draw(st.lists(st.integers(0, len(events) - 1), max_size=3)))
+    general, lean = Ledger(), Ledger()
+    taken = 0
+    for i, fill in enumerate(events):
+        report = draw.draw(st.sampled_from([
+            None, by_exec.get(fill.exec_id), CommissionReport(fill.exec_id)]))
+        before = internals(lean)
+        key = lean.add_new(fill, report)
+        if key is None:
+            assert internals(lean) == before  # declined: nothing changed
+            apply(lean, fill)
+            if report is not None:
+                lean.apply_commission(report)
+        else:
+            taken += 1
+            assert key == fill.key
+        apply(general, fill)
+        if report is not None and general.live_fill(fill.account, fill.exec_id) == fill:
+            general.apply_commission(report)
+        if i in seal_after:
+            for ledger in (general, lean):
+                for k in list(ledger.keys()):
+                    ledger.seal(k)
+        assert internals(lean) == internals(general)
+    event(f"new-execution path taken: {'some' if taken else 'none'}")
