@@ -136,7 +136,7 @@ def naive(uri: str, messages: list[dict[str, Any]]) -> float:
             event = parse_message(msg, received_at=datetime.now(UTC))
             dirty = Dirty(seq=seq)
             assert isinstance(event, FillMessage)
-            books.fold_fill(event, seq, datetime.now(UTC), dirty)
+            books.fold_fill(event, seq, time.time(), dirty)
             batch = books.build(dirty)
             for account, entries in batch.fills.items():
                 store.commit([SymbolWrite(FILLS, account, rows=fill_frame(entries))])

@@ -538,13 +538,14 @@ class PortfolioManager:
 
     def _fold(self, seq: int, event: _Event, raw: Any,
               received: float) -> None:
-        at = datetime.fromtimestamp(received, UTC)
         dirty = self._dirty
         dirty.seq = seq
         try:
             if isinstance(event, FillMessage):
-                self.process_fill(event, seq, at)
-            elif isinstance(event, StatusMessage):
+                self._fold_fill(event, seq, received)
+                return
+            at = datetime.fromtimestamp(received, UTC)
+            if isinstance(event, StatusMessage):
                 self._books.fold_status(event, seq, at, dirty)
             elif isinstance(event, _Residuals):
                 self._books.set_residuals(event.account, event.rows, dirty)
@@ -556,6 +557,7 @@ class PortfolioManager:
         except Exception as exc:
             # A bug must not stop the pipeline: the message goes to rejects (it stays in the
             # journal until then, and a replay gives the same reject, stored once).
+            at = datetime.fromtimestamp(received, UTC)
             account = getattr(getattr(event, "fill", event), "account", "") or ""
             self.log.exception("reject seq=%d: internal error", seq,
                                extra={"account": account or "-"})
@@ -568,13 +570,18 @@ class PortfolioManager:
         """The per-fill step (after the journal append): fold into the ledger and mark the
         fill row, ``positions/<strategy>`` and the instrument's ``portfolio/<account>`` rows
         for the next durable batch. Pure in-memory work, O(1) for in-order fills."""
-        reason = self._books.fold_fill(event, seq, received_at, self._dirty)
+        self._fold_fill(event, seq, received_at.timestamp())
+
+    def _fold_fill(self, event: FillMessage, seq: int, received: float) -> None:
+        """:meth:`process_fill` with the receipt time as epoch seconds (the fills frame
+        converts a batch's receipt times at once; a datetime per fill cost ~0.5 us)."""
+        reason = self._books.fold_fill(event, seq, received, self._dirty)
         fill = event.fill
-        self._activity[fill.con_id] = time.monotonic()
+        self._activity[fill.instrument.con_id] = time.monotonic()
         if reason is not None:
             self.log.warning("reject seq=%d: %s", seq, reason, extra={"account": fill.account})
             Books.reject(self._dirty, fill.account, json.dumps(canonical(event)), reason,
-                         "fill.execution.execId", received_at, seq)
+                         "fill.execution.execId", datetime.fromtimestamp(received, UTC), seq)
 
     # ----------------------------------------------------------------- persisting
     async def _persist_loop(self) -> None:

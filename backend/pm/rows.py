@@ -46,7 +46,19 @@ def fill_row(fill: Fill, report: CommissionReport | None, seq: int, recorded_at:
     )
 
 
-FillEntry = tuple[Fill, CommissionReport | None, int, datetime]  # fill, report, seq, recorded_at
+# fill, report, seq, recorded_at (when the message was received, epoch seconds)
+FillEntry = tuple[Fill, CommissionReport | None, int, float]
+
+
+def epoch_column(seconds: Sequence[float]) -> Any:
+    """Epoch seconds -> datetime64[ns] (naive UTC), each rounded to the microsecond exactly
+    as ``datetime.fromtimestamp(x, UTC)`` rounds it (the fraction times 1e6, half to even),
+    in a few vectorized steps instead of a datetime object per value."""
+    values = np.asarray(seconds, dtype=np.float64)
+    whole = np.floor(values)
+    micros = whole.astype(np.int64) * 1_000_000 + np.rint((values - whole) * 1e6).astype(
+        np.int64)
+    return (micros * 1000).view("datetime64[ns]")
 
 
 def fill_frame(entries: Sequence[FillEntry]) -> pd.DataFrame:
@@ -70,11 +82,12 @@ def fill_frame(entries: Sequence[FillEntry]) -> pd.DataFrame:
         "commission": [NAN if r is None else r.commission for r in known],
         "commission_currency": ["" if r is None else r.currency for r in known],
         "broker_realized_pnl": [NAN if r is None else r.realized_pnl for r in reports],
-        "recorded_at": recorded, "seq": seqs,
+        "seq": seqs,
     }
     # the execution times are converted once, for the index and the exec_time column
     index = pd.DatetimeIndex(list(times), name=INDEX_NAME).tz_convert("UTC")
-    columns = {name: _column(list(data[name]), dtype)
+    columns = {name: _column(list(data[name]), dtype) if name != "recorded_at"
+               else epoch_column(recorded)
                for name, dtype in SCHEMAS[FILLS].items() if name != "exec_time"}
     columns["exec_time"] = index.tz_convert(None).to_numpy()
     return pd.DataFrame(columns, index=index, copy=False)

@@ -32,7 +32,8 @@ from backend.storage.schema import UNKNOWN_ACCOUNT_SYMBOL
 class Dirty:
     """What changed since the last durable batch."""
 
-    # (account, exec_id_base) -> (live fill, its report, seq, recorded_at) as last changed
+    # (account, exec_id_base) -> (live fill, its report, seq, received at: epoch s), as last
+    # changed
     fills: dict[tuple[str, str], FillEntry] = field(default_factory=dict)
     # (account, event_key) -> (event, seq, recorded_at)
     orders: dict[tuple[str, str], tuple[StatusMessage, int, datetime]] = field(
@@ -114,8 +115,9 @@ class Books:
         for account in self.con_accounts[key.con_id]:
             dirty.portfolio.setdefault(account, set()).add(key.con_id)
 
-    def fold_fill(self, msg: FillMessage, seq: int, at: datetime, dirty: Dirty) -> str | None:
-        """Apply one parsed fill; returns a reject reason for a conflicting re-send, or None."""
+    def fold_fill(self, msg: FillMessage, seq: int, at: float, dirty: Dirty) -> str | None:
+        """Apply one parsed fill received at ``at`` (epoch seconds); returns a reject reason
+        for a conflicting re-send, or None."""
         ledger = self.ledger
         fill, report = msg
         if report is not None and report[0] != fill[0]:

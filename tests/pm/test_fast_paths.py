@@ -26,7 +26,7 @@ from backend.core.model import CommissionReport as ModelReport
 from backend.core.portfolio_manager import _dumps
 from backend.errors import InvalidFieldError, InvalidInputError
 from backend.pm.payload import compact_fill, read_payload
-from backend.pm.rows import FillEntry, fill_frame, fill_row, journal_frame
+from backend.pm.rows import FillEntry, epoch_column, fill_frame, fill_row, journal_frame
 from backend.storage.schema import FILLS, SCHEMAS
 
 from .ib_objects import AAPL, ES, T0, dict_fill, exec_id, fill_msg, ib_fill, ib_trade
@@ -153,6 +153,13 @@ def test_fast_fill_parse_takes_real_ib_async_fills() -> None:
         assert fast is not None and fast == _checked_fill(msg)
 
 
+# receipt times (epoch seconds): round values, sub-microsecond fractions, halves of a
+# microsecond (rounded to even, as datetime.fromtimestamp rounds them)
+_RECEIVED = st.one_of(st.floats(0, 4e9, allow_nan=False), st.just(1764694800.0000005),
+                      st.just(1764694800.9999996), st.just(1764694800.0000015),
+                      st.integers(0, 4 * 10**9).map(lambda s: s + 0.5e-6))
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(ib_messages(), min_size=1, max_size=6), st.data())
 def test_fill_frame_equals_the_frame_of_fill_rows(msgs: list[dict[str, object]],
@@ -170,8 +177,8 @@ def test_fill_frame_equals_the_frame_of_fill_rows(msgs: list[dict[str, object]],
         report = parsed.commission
         if report is None and data.draw(st.booleans()):
             report = ModelReport(parsed.fill.exec_id, 1.5, "EUR")
-        entries.append((parsed.fill, report, n, NOW + timedelta(seconds=n)))
-    rows = [fill_row(*entry) for entry in entries]
+        entries.append((parsed.fill, report, n, data.draw(_RECEIVED)))
+    rows = [fill_row(f, r, seq, datetime.fromtimestamp(at, UTC)) for f, r, seq, at in entries]
     want = journal_frame(FILLS, rows, [entry[0].time for entry in entries])
     got = fill_frame(entries)
     assert list(got.dtypes) == list(want.dtypes)
@@ -215,3 +222,12 @@ def test_compact_entry_falls_back_and_bad_entries_name_their_field() -> None:
     with pytest.raises(InvalidInputError, match="14 elements"):
         read_payload(json.dumps(entry[:5]))
     assert read_payload('{"type": "fill", "x": NaN}')["type"] == "fill"  # json reads NaN
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(_RECEIVED, min_size=1, max_size=8))
+def test_epoch_column_rounds_as_datetime_fromtimestamp(seconds: list[float]) -> None:
+    """The fills frame converts receipt times in bulk; each value is the microsecond
+    ``datetime.fromtimestamp`` gives, halves of a microsecond rounded to even."""
+    got = pd.DatetimeIndex(epoch_column(seconds)).tz_localize("UTC").to_pydatetime().tolist()
+    assert got == [datetime.fromtimestamp(x, UTC) for x in seconds]
