@@ -44,6 +44,7 @@ from typing import Any, NamedTuple, TypeVar, overload
 
 from backend.core.model import (
     NAN,
+    SIDE_TEXT,
     CommissionReport,
     Fill,
     Instrument,
@@ -442,9 +443,9 @@ class Ledger:
             if not instruments or instruments[-1] != f.instrument:
                 instruments.append(f.instrument)
             report = known.pop(f.exec_id, None)
-            packed.append((f.exec_id, f.account, f.strategy, len(instruments) - 1, f.side.value,
-                           f.qty, f.price, f.time, f.order_id, f.perm_id, f.order_ref,
-                           f.exchange, None if report is None else (
+            packed.append((f.exec_id, f.account, f.strategy, len(instruments) - 1,
+                           SIDE_TEXT[f.side], f.qty, f.price, f.time, f.order_id, f.perm_id,
+                           f.order_ref, f.exchange, None if report is None else (
                                report.commission, report.currency, report.realized_pnl)))
             del self._live[(f.account, f.exec_id_base)]
             del self._exec_key[f.exec_id]
@@ -833,7 +834,7 @@ _MICROSECOND = timedelta(microseconds=1)
 def facts_print(fill: Fill) -> int:
     """A hash of :meth:`Fill.facts` (equal facts, equal prints), from the values a stored
     ``fills`` row holds too (:func:`row_facts_print`)."""
-    return row_facts_print(fill.exec_id, fill.account, fill.instrument.con_id, fill.side.value,
+    return row_facts_print(fill.exec_id, fill.account, fill.instrument.con_id, SIDE_TEXT[fill.side],
                            fill.qty, fill.price, (fill.time - _EPOCH) // _MICROSECOND)
 
 

@@ -99,6 +99,11 @@ class Side(StrEnum):
         raise InvalidFieldError(field, value, "must be BUY/BOT or SELL/SLD")
 
 
+# A side's text: ``Side.BUY.value`` goes through the enum's descriptor (~0.3 us); hot paths
+# that write a side per fill look it up here.
+SIDE_TEXT: dict[Side, str] = {Side.BUY: "BUY", Side.SELL: "SELL"}
+
+
 def parse_exec_id(exec_id: str) -> tuple[str, int]:
     """Split an IB execId into (base, revision).
 

@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 
 from backend.core.messages import FillMessage
-from backend.core.model import NAN, CommissionReport, Fill, Instrument, Side
+from backend.core.model import NAN, SIDE_TEXT, CommissionReport, Fill, Instrument, Side
 from backend.errors import InvalidFieldError, InvalidMessageError
 
 COMPACT_FILL = "F1"
@@ -61,7 +61,7 @@ def compact_fill(event: FillMessage) -> str | None:
     try:
         return orjson.dumps([
             COMPACT_FILL, f.exec_id, f.account, f.strategy, _instrument_part(f.instrument),
-            f.side.value, f.qty, f.price, f.time, f.order_id, f.perm_id, f.order_ref,
+            SIDE_TEXT[f.side], f.qty, f.price, f.time, f.order_id, f.perm_id, f.order_ref,
             f.exchange, report]).decode()
     except TypeError:  # orjson.JSONEncodeError: an int beyond 64 bits
         return None

@@ -16,7 +16,7 @@ import pandas as pd
 
 from backend.core.ledger import CommissionTotals
 from backend.core.messages import StatusMessage
-from backend.core.model import NAN, CommissionReport, Fill, Instrument, Side
+from backend.core.model import NAN, SIDE_TEXT, CommissionReport, Fill, Instrument, Side
 from backend.core.position import Position
 from backend.storage.schema import FILLS, INDEX_NAME, ORDERS, PORTFOLIO, POSITIONS, REJECTS, SCHEMAS
 
@@ -78,7 +78,8 @@ def fill_frame(entries: Sequence[FillEntry]) -> pd.DataFrame:
         "sec_type": [i.sec_type for i in inst], "currency": [i.currency for i in inst],
         "multiplier": [i.multiplier for i in inst], "expiry": [i.expiry for i in inst],
         "strike": [i.strike for i in inst], "right": [i.right for i in inst],
-        "exchange": exchange, "side": [s.value for s in side], "qty": qty, "price": price,
+        "exchange": exchange, "side": list(map(SIDE_TEXT.__getitem__, side)), "qty": qty,
+        "price": price,
         "commission": [NAN if r is None else r.commission for r in known],
         "commission_currency": ["" if r is None else r.currency for r in known],
         "broker_realized_pnl": [NAN if r is None else r.realized_pnl for r in reports],
