@@ -525,7 +525,8 @@ class Ledger:
         account, exec_id, base = fill[1], fill[0], fill[12]
         ident = (account, base)
         if (ident in self._live or (self._sealed_live and ident in self._sealed_live)
-                or exec_id in self._commissions):
+                or exec_id in self._commissions
+                or (self._sealed_exec and exec_id in self._sealed_exec)):
             return None
         key = _new(PositionKey, (account, fill[2], fill[3].con_id))
         key = self._keys.setdefault(key, key)

@@ -9,6 +9,7 @@ import pytest
 
 from backend.core.model import (
     CommissionReport,
+    Fill,
     Instrument,
     Side,
     is_flat,
@@ -105,3 +106,26 @@ def test_tolerances() -> None:
     assert is_flat(1e-12) and not is_flat(1e-6)
     assert money_close(float("nan"), float("nan")) and not money_close(1.0, float("nan"))
     assert money_close(100.0, 100.0 + 1e-9)
+
+
+def test_fills_and_reports_are_values_that_survive_pickle_copy_and_replace() -> None:
+    """Fills and reports are tuples: pickling and copying rebuild them whole (derived fields
+    included), and ``_replace`` checks the new values and recomputes what derives from them."""
+    import copy
+    import pickle
+
+    f = fill(3, "SELL", 2, 101.5)
+    report = CommissionReport(f.exec_id, 1.25, "USD", 0.0)  # NaN != a copy of NaN
+    for clone in (pickle.loads(pickle.dumps(f)), copy.copy(f), copy.deepcopy(f)):
+        assert clone == f and type(clone) is Fill
+        assert (clone.exec_id_base, clone.revision) == (f.exec_id_base, f.revision)
+    assert pickle.loads(pickle.dumps(report)) == report
+    assert type(copy.deepcopy(report)) is CommissionReport
+    corrected = f._replace(exec_id=f.exec_id_base + ".02")
+    assert (corrected.exec_id_base, corrected.revision) == (f.exec_id_base, 2)
+    with pytest.raises(InvalidFieldError, match="qty"):
+        f._replace(qty=-1.0)
+    with pytest.raises(InvalidFieldError, match="commission"):
+        report._replace(commission=float("inf"))
+    assert Fill(f.exec_id, f.account, f.strategy, f.instrument, f.side, 2, 101.5,
+                f.time).qty.__class__ is float  # a number is kept as float64
