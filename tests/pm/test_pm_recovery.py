@@ -396,3 +396,35 @@ async def test_a_journal_entry_that_does_not_read_back_goes_to_rejects(tmp_path:
     assert len(rejects) == 1
     assert rejects["field"].iloc[0] == "qty" and "-5.0" in rejects["reason"].iloc[0]
     assert json.loads(rejects["raw"].iloc[0]) == damaged
+
+
+@pytest.mark.asyncio
+async def test_a_journal_of_canonical_and_compact_fill_entries_replays_both(
+        tmp_path: Path) -> None:
+    """Journals written before the compact form hold fills as canonical dicts: a journal
+    holding both kinds (an upgrade between a crash and the restart) replays every entry, and
+    the result equals ingesting the same messages."""
+    import json
+    import time
+
+    from backend.core.messages import canonical, parse_message
+    from backend.core.model import utc_now
+    from backend.core.portfolio_manager import default_journal_path, journal_payload
+    from backend.storage.journal import Journal
+
+    uri, ref = f"lmdb://{tmp_path / 'a'}", f"lmdb://{tmp_path / 'ref'}"
+    msgs = [fill_msg("alpha", ib_fill(n, "BOT" if n % 2 else "SLD", 1.0 + n, 10.0 + n,
+                                      commission=0.5 if n % 3 else None)) for n in range(1, 7)]
+    legacy = [json.dumps(canonical(parse_message(m, received_at=utc_now()))) for m in msgs[:3]]
+    compact = [journal_payload(m, time.time()) for m in msgs[3:]]
+    assert all(p.startswith("{") for p in legacy) and all(p.startswith('["F1"') for p in compact)
+    with Journal(default_journal_path(uri)) as journal:
+        journal.append(legacy + compact)
+    async with PortfolioManager(uri) as pm:
+        assert pm.replayed == 6
+        await pm.flush()
+    await ingest(ref, msgs)
+    for library, symbol in ((FILLS, ACCOUNT), (POSITIONS, "alpha"), (PORTFOLIO, ACCOUNT)):
+        got, want = read(uri, library, symbol), read(ref, library, symbol)
+        drop = [c for c in ("recorded_at", "last_updated") if c in got.columns]
+        pd.testing.assert_frame_equal(got.drop(columns=drop), want.drop(columns=drop))
