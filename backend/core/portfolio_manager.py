@@ -116,6 +116,12 @@ class _Residuals:
 _Event = Parsed | _Residuals | tuple[str, str, str, str]
 
 
+def _fill_payload(event: FillMessage) -> str:
+    """A fill's journal payload: the compact form, or the canonical dict where orjson cannot
+    encode a value (an int beyond 64 bits)."""
+    return compact_fill(event) or _dumps(canonical(event))
+
+
 def prepare_message(msg: Any, received: float,
                     default_account: str = "") -> tuple[str, _Event]:
     """(write-ahead journal payload, parsed event or (account, reason, field, raw) of a reject)
@@ -125,9 +131,7 @@ def prepare_message(msg: Any, received: float,
         # parse_message would return for it), journaled in the compact form.
         fast = fast_fill(msg)
         if fast is not None:
-            compact = compact_fill(fast)
-            if compact is not None:
-                return compact, fast
+            return _fill_payload(fast), fast
     if isinstance(msg, Mapping) and msg.get("type") == REJECT:
         return json.dumps(msg), (str(msg["account"]), str(msg["reason"]), str(msg["field"]),
                                  str(msg["raw"]))
@@ -138,9 +142,7 @@ def prepare_message(msg: Any, received: float,
         at = datetime.fromtimestamp(received, UTC)
         event = parse_message(msg, received_at=at, default_account=default_account)
         if isinstance(event, FillMessage):
-            compact = compact_fill(event)
-            if compact is not None:
-                return compact, event
+            return _fill_payload(event), event
         return _dumps(canonical(event)), event
     except InvalidInputError as exc:
         account = message_account(msg) or ""

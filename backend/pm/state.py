@@ -124,15 +124,7 @@ class Books:
             report = None  # a report of another execution is not this fill's
         key = ledger.add_new(fill, report)
         if key is not None:  # the common case: a new execution, in order
-            if key not in self.known_keys:
-                self.index_existing(key)
-            con_id = key[2]
-            dirty.strategies.update(self.con_strategies[con_id])
-            for account in self.con_accounts[con_id]:
-                cons = dirty.portfolio.get(account)
-                if cons is None:
-                    cons = dirty.portfolio[account] = set()
-                cons.add(con_id)
+            self._index(key, dirty)
             dirty.fills[(fill[1], fill[12])] = (fill, report if report is not None
                                                 and report[1] == report[1] else None, seq, at)
             return None
