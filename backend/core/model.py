@@ -102,6 +102,7 @@ class Side(StrEnum):
 # A side's text: ``Side.BUY.value`` goes through the enum's descriptor (~0.3 us); hot paths
 # that write a side per fill look it up here.
 SIDE_TEXT: dict[Side, str] = {Side.BUY: "BUY", Side.SELL: "SELL"}
+_BUY = Side.BUY
 
 
 def parse_exec_id(exec_id: str) -> tuple[str, int]:
@@ -234,7 +235,9 @@ class Fill(_FillFields):
 
     @property
     def signed_qty(self) -> float:
-        return self.side.sign * self.qty
+        # (``Side.sign`` is a property of an enum member: an identity test is ~5x cheaper,
+        # and every fold step asks for it)
+        return self.qty if self.side is _BUY else -self.qty
 
     @property
     def key(self) -> PositionKey:

@@ -25,7 +25,7 @@ import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from backend.core.model import NAN, Fill, Instrument, PositionKey, Side, is_flat
+from backend.core.model import NAN, Fill, Instrument, PositionKey, is_flat
 
 
 class Position(NamedTuple):
@@ -58,7 +58,6 @@ class Position(NamedTuple):
 
 
 _new = tuple.__new__
-_BUY = Side.BUY
 
 
 def empty_position(fill: Fill) -> Position:
@@ -105,8 +104,7 @@ def apply_fill(position: Position, fill: Fill) -> Position:
     """Return the position after ``fill``. Pure: ``position`` is not changed."""
     (key, instrument, qty, avg, realized, count, _, lo, hi) = position
     qty, avg, realized, lo, hi = _step(
-        (qty, avg, realized, lo, hi), fill.qty if fill.side is _BUY else -fill.qty, fill.price,
-        instrument.multiplier)
+        (qty, avg, realized, lo, hi), fill.signed_qty, fill.price, instrument.multiplier)
     # The latest description of the contract wins (a later fill may carry a fuller one).
     # (tuple.__new__: the fields in Position's order, without the keyword-argument call)
     return _new(Position, (key, fill.instrument, qty, avg, realized, count + 1, fill.exec_id,

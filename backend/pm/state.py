@@ -120,13 +120,13 @@ class Books:
         for a conflicting re-send, or None."""
         ledger = self.ledger
         fill, report = msg
-        if report is not None and report[0] != fill[0]:
+        if report is not None and report.exec_id != fill.exec_id:
             report = None  # a report of another execution is not this fill's
         key = ledger.add_new(fill, report)
         if key is not None:  # the common case: a new execution, in order
             self._index(key, dirty)
-            dirty.fills[(fill[1], fill[12])] = (fill, report if report is not None
-                                                and report[1] == report[1] else None, seq, at)
+            dirty.fills[(fill.account, fill.exec_id_base)] = (
+                fill, ledger.held_report(fill.exec_id), seq, at)
             return None
         if ledger.restored_keys and ledger.repeats_sealed(msg.fill, msg.commission):
             return None  # a re-delivered copy of a sealed execution: no change, nothing read
