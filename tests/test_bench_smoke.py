@@ -42,15 +42,16 @@ def test_ingest_bench() -> None:
                          "--repeat", "2")
     assert result["fills"] == 1000
     for key in ("fills_per_s", "naive_fills_per_s", "raw_rows_per_s", "p99_ms", "loop_lag_ms",
-                "vs_naive", "vs_raw"):
+                "vs_naive", "vs_raw", "front_fills_per_s", "front_vs_raw"):
         assert result[key] > 0, key
     assert result["p50_ms"] <= result["p99_ms"]
     assert any(line.startswith("ratios: ") for line in text)
     # the collections of the latency phase are counted, so a tail can be told from a GC pause
     assert "gc_max_ms" in result
     assert any(line.startswith("garbage collections during that phase: ") for line in text)
-    # the throughput and the raw ceiling are medians of the runs, each run printed
-    for prefix in ("microbatched: ", "raw append ceiling: "):
+    # the throughput, the raw ceiling and the front half are medians of the runs, each printed
+    for prefix in ("microbatched: ", "raw append ceiling: ",
+                   "front half (ArcticDB writes dropped): "):
         line = next(x for x in text if x.startswith(prefix))
         runs = line.split("median of ")[1].rstrip(")").split(", ")  # "12,345, 13,001"
         assert len(runs) == 2, line
