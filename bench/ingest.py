@@ -116,8 +116,8 @@ class DropWrites:
     def __init__(self, store: Store) -> None:
         self._store = store
 
-    def commit(self, writes: Sequence[SymbolWrite]) -> None:
-        del writes
+    def commit(self, writes: Sequence[SymbolWrite], *, compact: bool = True) -> None:
+        del writes, compact
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)

@@ -31,7 +31,8 @@ def _residual_rows(store: Store, account: str, run_id: str) -> list[Row] | None:
 
 
 def commit_batch(store: Store, batch: object, *, run_id: str, retry: bool,
-                 on_residuals: Callable[[str, list[Row]], None] | None = None) -> None:
+                 on_residuals: Callable[[str, list[Row]], None] | None = None,
+                 compact: bool = True) -> None:
     from backend.pm.state import Batch
 
     assert isinstance(batch, Batch)
@@ -58,7 +59,7 @@ def commit_batch(store: Store, batch: object, *, run_id: str, retry: bool,
                 on_residuals(account, foreign)
         writes.append(SymbolWrite(PORTFOLIO, account, state=state_frame(PORTFOLIO, rows),
                                   metadata=meta))
-    store.commit(writes)
+    store.commit(writes, compact=compact)
 
 
 def _unstored_rejects(store: Store, symbol: str, rows: list[Row], times: list[datetime]

@@ -51,8 +51,16 @@ class Store(Protocol):
 
     uri: str
 
-    def commit(self, writes: Sequence[SymbolWrite]) -> None:
-        """Persist ``writes``; one write per symbol where possible. Raises StorageError."""
+    def commit(self, writes: Sequence[SymbolWrite], *, compact: bool = True) -> None:
+        """Persist ``writes``; one write per symbol where possible. Raises StorageError.
+        ``compact``: then compact one of the written journal symbols if it is due (see
+        :meth:`compact_due`); a writer that schedules compaction itself passes False."""
+
+    def compact_due(self) -> bool:
+        """Compact the journal symbol most overdue for it (written ``compact_every`` times
+        since its last compaction), if any: one symbol per call, so a writer can run it
+        between commits instead of inside one. True when a symbol was compacted. A failed
+        compaction is logged and skipped (the data is already committed)."""
 
     def read(
         self,

@@ -154,7 +154,7 @@ class ArcticStore:
             raise StorageError(f"store {self.uri!r} was opened read-only (writer=False)")
 
     # -- writing ---------------------------------------------------------------------------
-    def commit(self, writes: Sequence[SymbolWrite]) -> None:
+    def commit(self, writes: Sequence[SymbolWrite], *, compact: bool = True) -> None:
         libraries = {w.library for w in writes}
         if libraries == {RECONCILIATION}:
             # The one shared library: any store may append reports (lease.py explains why).
@@ -162,7 +162,7 @@ class ArcticStore:
         else:
             self._require_writer()
         if RECONCILIATION not in libraries:
-            self._commit(writes)
+            self._commit(writes, compact)
             return
         parsed = self._parsed
         with lease_mod.shared_write_lock(parsed.kind, parsed.root, RECONCILIATION), \
@@ -172,9 +172,9 @@ class ArcticStore:
                 for w in writes:
                     if w.library == RECONCILIATION:
                         self._states.pop((w.library, w.symbol), None)
-            self._commit(writes)
+            self._commit(writes, compact)
 
-    def _commit(self, writes: Sequence[SymbolWrite]) -> None:
+    def _commit(self, writes: Sequence[SymbolWrite], compact: bool) -> None:
         prepared = prepare(writes, naive_tz=self.naive_tz)
         failures: list[tuple[str, str, BaseException]] = []
         with self._lock:
@@ -197,7 +197,8 @@ class ArcticStore:
             if "MAP_FULL" in str(exc) or "Map Full" in str(exc):
                 hint = " (the LMDB map is full: reopen with a larger ?map_size= in the URI)"
             raise StorageError(f"commit failed for {names}{hint}: {lib}/{sym}: {exc}") from exc
-        self._maybe_compact([(p.library, p.symbol) for p, _ in plans])
+        if compact:
+            self._maybe_compact([(p.library, p.symbol) for p, _ in plans])
 
     def preload(self, library: str, symbols: Sequence[str]) -> None:
         self._require_writer()
@@ -340,23 +341,30 @@ class ArcticStore:
     def _count_write(self, key: tuple[str, str]) -> None:
         self._writes_since_compact[key] = self._writes_since_compact.get(key, 0) + 1
 
-    def _maybe_compact(self, keys: list[tuple[str, str]]) -> None:
+    def compact_due(self) -> bool:
+        self._require_writer()
+        with self._lock:
+            keys = list(self._writes_since_compact)
+        return self._maybe_compact(keys)
+
+    def _maybe_compact(self, keys: list[tuple[str, str]]) -> bool:
         """Compact the most written of ``keys`` once it is due: one symbol per commit, the
-        others stay due and go in the next commits."""
+        others stay due and go in the next commits. True when one was compacted."""
         if not self.compact_every:
-            return
+            return False
         with self._lock:
             due = [k for k in keys
                    if self._writes_since_compact.get(k, 0) >= self.compact_every]
             if not due:
-                return
+                return False
             key = max(due, key=lambda k: self._writes_since_compact.get(k, 0))
             self._writes_since_compact[key] = 0
             try:
-                self._compact_symbol(self._lib(key[0], create=True), key[0], key[1])
+                return self._compact_symbol(self._lib(key[0], create=True), key[0], key[1])
             except StorageError as exc:
                 # The commit itself succeeded: raising would make the caller retry it.
-                _log.warning("inline compaction skipped: %s", exc)
+                _log.warning("compaction skipped: %s", exc)
+                return False
 
     def _compact_symbol(self, lib: Any, library: str, symbol: str) -> bool:
         try:

@@ -22,8 +22,9 @@ def open_store(
     * ``memory://``: a fresh :class:`~backend.storage.memory.MemoryStore` (tests).
 
     ``naive_tz`` is the zone that naive journal timestamps are declared in (None: naive
-    timestamps are refused). ``compact_every`` (writers) compacts a journal symbol inline
-    after that many writes to it; None keeps the store's default, 0 disables.
+    timestamps are refused). ``compact_every`` (writers) compacts a journal symbol after
+    that many writes to it (inline, or by ``compact_due()`` for commits made with
+    ``compact=False``); None keeps the store's default, 0 disables.
     """
     parsed = parse_uri(uri)
     if parsed.kind == "memory":

@@ -22,8 +22,9 @@ from backend.storage.uri import ParsedUri
 # (~100 ms for a 100k-row segment, ~9 ms for 10k), so their segments are kept small.
 KEYED_ROWS_PER_SEGMENT = 10_000
 DEFAULT_ROWS_PER_SEGMENT = 100_000
-# Live appends make 1-segment-per-batch symbols; compact inline after this many writes to a
-# symbol so append and read cost stay flat (None disables; `portfolio compact` also does it).
+# Live appends make 1-segment-per-batch symbols; compact after this many writes to a symbol
+# (inline, or by compact_due) so append and read cost stay flat (None disables; `portfolio
+# compact` also does it).
 DEFAULT_COMPACT_EVERY = 100
 
 

@@ -57,7 +57,8 @@ class MemoryStore:
         self._closed = False
 
     # -- writing ---------------------------------------------------------------------------
-    def commit(self, writes: Sequence[SymbolWrite]) -> None:
+    def commit(self, writes: Sequence[SymbolWrite], *, compact: bool = True) -> None:
+        del compact  # nothing fragments here
         self._check_open()
         prepared = prepare(writes, naive_tz=self.naive_tz)
         with self._lock:
@@ -212,6 +213,11 @@ class MemoryStore:
     def list_snapshots(self) -> list[str]:
         with self._lock:
             return sorted(self._snapshots)
+
+    def compact_due(self) -> bool:
+        """Nothing is fragmented in memory: never due."""
+        self._check_open()
+        return False
 
     def compact(self, library: str | None = None, progress: Progress | None = None) -> int:
         """Nothing is fragmented in memory: reports every journal symbol as done, returns 0."""

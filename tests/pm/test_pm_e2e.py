@@ -447,6 +447,27 @@ async def test_store_opener_sets_the_compaction_period(uri: str) -> None:
 
 
 @pytest.mark.asyncio
+async def test_compaction_runs_after_the_commit_is_reported_durable(uri: str) -> None:
+    """The commit that makes a symbol due for compaction is reported durable before the
+    compaction runs (inside the commit, the compaction would hold back those rows): at each
+    ``on_durable`` the symbol has no compaction version yet beyond the earlier ones."""
+    seen: list[int] = []
+    async with PortfolioManager(uri, store_opener=lambda u: open_store(u, compact_every=3)
+                                ) as pm:
+        store = pm.store
+        assert isinstance(store, ArcticStore)
+        pm.on_durable = lambda receipt: seen.append(len(store.list_versions(FILLS, ACCOUNT)))
+        for n in range(1, 5):
+            await pm.process_message(fill_msg("alpha", dict_fill(n, "BOT", 1, 100.0 + n)))
+            await pm.flush()  # one facts commit per fill
+        # writes 1..3 reported at versions 1..3; the compaction (version 4) came after the
+        # 3rd report; the 4th write is version 5
+        assert seen == [1, 2, 3, 5]
+        assert len(store.list_versions(FILLS, ACCOUNT)) == 5
+        assert list(store.read(FILLS, ACCOUNT)["exec_id"]) == [exec_id(n) for n in range(1, 5)]
+
+
+@pytest.mark.asyncio
 async def test_messages_are_not_kept_once_processed(uri: str) -> None:
     """The manager keeps what it folded (its own fills), not the producer's objects: once a
     message is durable, the ib_async Trade/Fill it came in are the producer's alone."""

@@ -61,6 +61,19 @@ def test_round_trip_keeps_strings_nan_ints_and_utc_index(store: Store) -> None:
     assert store.list_symbols("fills") == ["U1"]
 
 
+def test_commits_without_inline_compaction_then_compact_due_keep_every_row(store: Store
+                                                                          ) -> None:
+    """``commit(..., compact=False)`` then ``compact_due()`` (the manager's order) on every
+    store: rows and their order are unchanged, and nothing is left due afterwards."""
+    for i in range(3):
+        store.commit([SymbolWrite("fills", "U1", rows=fills([(f"2026-01-0{i + 1}", f"e{i}",
+                                                              float(i + 1))]))], compact=False)
+    while store.compact_due():
+        pass
+    assert store.compact_due() is False
+    assert prices(store) == [("e0", 1.0), ("e1", 2.0), ("e2", 3.0)]
+
+
 def test_out_of_order_batch_is_sorted(store: Store) -> None:
     rows = fills([("2026-01-03", "c", 3.0), ("2026-01-01", "a", 1.0), ("2026-01-02", "b", 2.0)])
     store.commit([SymbolWrite("fills", "U1", rows=rows)])

@@ -81,6 +81,26 @@ def test_symbols_written_together_are_compacted_on_consecutive_commits(uri: str)
         store.close()
 
 
+def test_compact_due_compacts_what_commits_left_due(uri: str) -> None:
+    """A writer that schedules compaction itself commits with ``compact=False``: no commit
+    compacts; ``compact_due()`` then compacts the due symbol once and resets its count."""
+    store = open_store(uri, compact_every=10)
+    try:
+        assert isinstance(store, ArcticStore)
+        assert store.compact_due() is False  # nothing written yet
+        for i in range(12):
+            t = pd.Timestamp("2026-01-01", tz="UTC") + pd.Timedelta(seconds=i)
+            store.commit([SymbolWrite("fills", "U1", rows=fills([(str(t), f"e{i}", 1.0)]))],
+                         compact=False)
+        assert len(store.list_versions("fills", "U1")) == 12  # no compaction version
+        assert store.compact_due() is True
+        assert len(store.list_versions("fills", "U1")) == 13
+        assert store.compact_due() is False  # counted from zero again
+        assert list(store.read("fills", "U1")["exec_id_base"]) == [f"e{i}" for i in range(12)]
+    finally:
+        store.close()
+
+
 def test_cli_snapshot_compact_and_prune(uri: str, capsys: pytest.CaptureFixture[str]) -> None:
     store = open_store(uri)
     _one_row_commits(store, 5)
