@@ -211,6 +211,10 @@ class PortfolioManager:
         self._part_written = {POSITIONS: 0.0, PORTFOLIO: 0.0}
         self._part_durable = {POSITIONS: (0, 0), PORTFOLIO: (0, 0)}
         self._wake_ingest = asyncio.Event()
+        # A snapshot in progress: the ingest loop folds no message past this receipt
+        self._hold_after: int | None = None
+        self._ingest_parked = asyncio.Event()  # set while the ingest loop waits between chunks
+        self._snapshot_lock = asyncio.Lock()
         self._wake_persist = asyncio.Event()
         self._progress = asyncio.Event()
         self._failures = 0  # consecutive failed attempts (drives the backoff)
@@ -302,6 +306,7 @@ class PortfolioManager:
             self.log.error("%s stopped: %r (messages stay in the journal)", task.get_name(),
                            self._fatal)
         self._progress.set()
+        self._ingest_parked.set()  # a snapshot waiting for the ingest loop goes on to fail
 
     async def _shutdown(self) -> None:
         self._open = False
@@ -364,22 +369,25 @@ class PortfolioManager:
         attempts failed during this call; the batch stays pending and keeps being retried
         in the background (a later ``flush`` returns once an attempt succeeds).
         """
-        target = self._received
+        await self._flush_to(self._received, "flush")
+
+    async def _flush_to(self, target: int, what: str) -> None:
+        """Return once every message up to receipt ``target`` is durable (see ``flush``)."""
         base = self._attempts_failed
         self._flushing += 1
         self._wake_persist.set()
         try:
             while self.durable < target:
                 if self._fatal is not None:
-                    raise PersistError(f"flush: the manager's worker stopped: "
+                    raise PersistError(f"{what}: the manager's worker stopped: "
                                        f"{self._fatal!r}") from self._fatal
                 if not self._open:
-                    raise PersistError(f"flush: the manager closed with receipts "
+                    raise PersistError(f"{what}: the manager closed with receipts "
                                        f"{self.durable + 1}..{target} not durable")
                 if (self._error is not None
                         and self._attempts_failed - base >= self.flush_retries):
                     raise PersistError(
-                        f"flush: {target - self.durable} messages not durable after "
+                        f"{what}: {target - self.durable} messages not durable after "
                         f"{self._failures} attempts: {self._error}") from self._error
                 self._progress.clear()
                 await self._progress.wait()
@@ -387,21 +395,38 @@ class PortfolioManager:
             self._flushing -= 1
 
     async def snapshot(self, name: str | None = None) -> str:
-        """Flush, then take the named snapshot of every library (default ``eod-<today, UTC>``)
-        and return its name: readers then use ``read(..., as_of=name)``.
+        """Make durable what was received, then take the named snapshot of every library
+        (default ``eod-<today, UTC>``) and return its name: readers then use
+        ``read(..., as_of=name)``.
 
         This is how to snapshot while the manager runs (``portfolio snapshot`` needs the writer
-        lease this manager holds). The snapshot holds every message received before the call
-        (perhaps a few newer facts too); libraries are pinned one after the other. Raises
+        lease this manager holds). The snapshot holds exactly the messages received before the
+        call, in every library: its positions and portfolio are those of its fills. For that
+        the manager folds nothing newer until the snapshot is taken (it makes what it folded
+        durable, facts then state, then pins the libraries one after the other); messages
+        still arrive meanwhile (producers never wait) and are folded right after. Raises
         :class:`PersistError` like ``flush`` and ``StorageError`` for a name already taken.
         """
         if not self._open:
             raise InvalidInputError("snapshot: the PortfolioManager is not open (async with)")
         snap = name if name is not None else f"eod-{datetime.now(UTC):%Y-%m-%d}"
-        await self.flush()
-        store = self.store
-        await anyio.to_thread.run_sync(store.snapshot, snap, limiter=self._store_limiter)
-        self.log.info("snapshot %r taken", snap)
+        async with self._snapshot_lock:
+            target = self._received
+            # Fold up to the last message received before this call, and nothing newer until
+            # the snapshot is taken: its state is then built from exactly its fills.
+            self._hold_after = target
+            self._ingest_parked.clear()
+            self._wake_ingest.set()
+            try:
+                await self._ingest_parked.wait()
+                await self._flush_to(target, "snapshot")
+                store = self.store
+                await anyio.to_thread.run_sync(store.snapshot, snap,
+                                               limiter=self._store_limiter)
+            finally:
+                self._hold_after = None
+                self._wake_ingest.set()
+        self.log.info("snapshot %r taken (receipts up to %d)", snap, target)
         return snap
 
     async def prune(self, keep_last: int = 10, grace_seconds: float = 86_400.0) -> int:
@@ -434,11 +459,17 @@ class PortfolioManager:
 
     async def _ingest_loop(self) -> None:
         while True:
-            if not self._inbox:
+            hold = self._hold_after
+            if not self._inbox or (hold is not None and self._inbox[0][0] > hold):
+                self._ingest_parked.set()
                 self._wake_ingest.clear()
                 await self._wake_ingest.wait()
                 continue
-            chunk = [self._inbox.popleft() for _ in range(min(len(self._inbox), self.max_batch))]
+            self._ingest_parked.clear()
+            size = min(len(self._inbox), self.max_batch)
+            if hold is not None:  # receipts in the inbox are consecutive
+                size = min(size, hold - self._inbox[0][0] + 1)
+            chunk = [self._inbox.popleft() for _ in range(size)]
             self._ingesting = True
             try:
                 t0 = time.perf_counter()

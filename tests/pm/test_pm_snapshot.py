@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -74,6 +75,64 @@ async def test_snapshot_while_the_manager_runs_holds_everything_received(
     assert now_pos["realized_pnl"].iloc[0] == pytest.approx(15 * (110.0 - 102.0))
     assert now_port.empty
     assert list(latest["exec_id"]) == [exec_id(n) for n in (1, 2, 3, 4)]
+
+
+@pytest.mark.asyncio
+async def test_snapshots_under_a_stream_pin_every_library_at_one_message(tmp_path: Path) -> None:
+    """Fills keep arriving while snapshots are taken: each snapshot holds exactly the fills
+    received before its call, and its positions and portfolio are those of exactly these
+    fills (no fill without its position update, no position ahead of its fills), so an
+    end-of-day analysis reads one consistent book."""
+    uri = f"lmdb://{tmp_path / 'arctic'}"
+    names = [f"eod-{i}" for i in range(4)]
+    async with PortfolioManager(uri) as pm:
+        stop = asyncio.Event()
+
+        async def produce() -> None:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                side = "SLD" if n % 3 == 0 else "BOT"
+                await pm.process_message(fill_msg("alpha", dict_fill(n, side, 1 + n % 4,
+                                                                     100.0 + n % 7)))
+                if n % 10 == 0:
+                    await asyncio.sleep(0.002)  # a steady stream, not one burst
+
+        moved, goal = asyncio.Event(), 0
+        received: dict[str, int] = {}
+
+        def durable(receipt: int) -> None:
+            if receipt >= goal:
+                moved.set()
+
+        pm.on_durable = durable
+        producer = asyncio.create_task(produce())
+        for name in names:
+            goal = pm.durable + 200  # the stream has moved on since the last snapshot
+            moved.clear()
+            await moved.wait()
+            received[name] = pm.received
+            await pm.snapshot(name)
+        stop.set()
+        await producer
+
+    reader = open_store(uri, writer=False)
+    try:
+        for name in names:
+            fills = reader.read(FILLS, ACCOUNT, as_of=name)
+            pos = reader.read(POSITIONS, "alpha", as_of=name)
+            port = reader.read(PORTFOLIO, ACCOUNT, as_of=name)
+            signed = [q if s == "BUY" else -q for q, s in zip(fills["qty"], fills["side"],
+                                                               strict=True)]
+            assert len(fills) == received[name]  # exactly what came before the call
+            assert len(pos) == 1
+            assert pos["fill_count"].iloc[0] == len(fills), name
+            assert pos["last_exec_id"].iloc[0] == fills["exec_id"].iloc[-1], name
+            assert pos["qty"].iloc[0] == pytest.approx(sum(signed)), name
+            held = port[port["strategy"] == "alpha"]["qty"].tolist()
+            assert held == ([pytest.approx(sum(signed))] if sum(signed) else []), name
+    finally:
+        reader.close()
 
 
 @pytest.mark.asyncio
