@@ -205,6 +205,7 @@ class PortfolioManager:
         self._facts_seq = self._state_seq = 0  # journal seqs durable in ArcticDB
         self._state_durable = 0
         self._flushing = 0
+        self._flush_target = 0  # the highest receipt a flush (or snapshot) has waited for
         self._ingesting = False
         self._chunk_done = asyncio.Event()
         # per state library: when it was last written, and (receipt, seq) it covers
@@ -374,6 +375,7 @@ class PortfolioManager:
     async def _flush_to(self, target: int, what: str) -> None:
         """Return once every message up to receipt ``target`` is durable (see ``flush``)."""
         base = self._attempts_failed
+        self._flush_target = max(self._flush_target, target)
         self._flushing += 1
         self._wake_persist.set()
         try:
@@ -736,13 +738,13 @@ class PortfolioManager:
         # Facts first: while newer facts wait for their commit (at a steady load they always
         # do), a state write would delay them by its whole duration (the store serializes
         # commits), so state is written then only once it is _DEFER intervals old. A waiting
-        # flush() gets its state write once the facts have caught up (or at that spacing,
-        # so a flush under a never-ending stream still returns).
+        # flush() gets its state write as soon as the facts it waits for are durable, even
+        # while newer facts wait (under a stream it would otherwise wait for that spacing).
         waiting = self._facts_waiting()
         spacing = self._interval() * (_DEFER if waiting else 1)
+        flush_due = self._flushing > 0 and (not waiting or self._durable >= self._flush_target)
         due = sorted((p for p in pending
-                      if (self._flushing > 0 and not waiting)
-                      or now - self._part_written[p] >= spacing),
+                      if flush_due or now - self._part_written[p] >= spacing),
                      key=lambda p: self._part_written[p])
         if self._flushing == 0:
             due = due[:1]  # the part written longest ago

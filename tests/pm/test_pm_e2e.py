@@ -447,6 +447,42 @@ async def test_store_opener_sets_the_compaction_period(uri: str) -> None:
 
 
 @pytest.mark.asyncio
+async def test_flush_under_a_never_ending_stream_returns_with_its_state(uri: str) -> None:
+    """A flush waits for the facts it covers, then writes their state, even while newer fills
+    keep coming: with state writes otherwise a day apart (``state_interval``), a flush called
+    in a stream that never pauses returns, and ``positions`` then hold every fill received
+    before the call. (Before, it waited for a pause in the stream or that spacing.)"""
+    async with PortfolioManager(uri, state_interval=86_400.0) as pm:
+        stop, under_way = asyncio.Event(), asyncio.Event()
+        pm.on_durable = lambda receipt: under_way.set() if receipt >= 200 else None
+
+        async def produce() -> None:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                await pm.process_message(fill_msg("alpha", dict_fill(n, "BOT", 1, 100.0)))
+                if n % 10 == 0:
+                    await asyncio.sleep(0.001)
+
+        producer = asyncio.create_task(produce())
+        try:
+            await under_way.wait()
+            before = pm.received
+            # a liveness bound, not a speed check: the spacing it must not wait for is days
+            await asyncio.wait_for(pm.flush(), timeout=60)
+            assert not producer.done()  # the stream was still running
+        finally:
+            stop.set()
+            await producer
+        reader = open_store(uri, writer=False)
+        try:
+            positions = reader.read(POSITIONS, "alpha")
+        finally:
+            reader.close()
+        assert positions["fill_count"].iloc[0] >= before
+
+
+@pytest.mark.asyncio
 async def test_compaction_runs_after_the_commit_is_reported_durable(uri: str) -> None:
     """The commit that makes a symbol due for compaction is reported durable before the
     compaction runs (inside the commit, the compaction would hold back those rows): at each
